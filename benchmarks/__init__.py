@@ -1,0 +1,1 @@
+"""Benchmarks and reports (installed as ``emgkey.benchmarks``)."""

@@ -1,0 +1,1 @@
+"""Data files shipped with emgkey (prompt corpus, LM text)."""

@@ -1,0 +1,1 @@
+"""Distillation, quantization and export (installed as ``emgkey.export``). Needs torch."""

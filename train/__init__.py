@@ -1,0 +1,1 @@
+"""Training (installed as ``emgkey.train``): CTC models and their teachers. Needs torch."""
