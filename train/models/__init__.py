@@ -1,0 +1,1 @@
+"""CTC models: streaming students and offline teachers."""
