@@ -86,7 +86,7 @@ class DeviceProfile:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown DeviceProfile fields: {sorted(unknown)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
 
 
