@@ -94,8 +94,13 @@ def _ascii_fold(c: str) -> str:
     """
     if c in _EXTRA_FOLDS:
         return _EXTRA_FOLDS[c]
-    folded = unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode("ascii")
-    return folded if len(folded) == 1 else c
+    decomposed = unicodedata.normalize("NFKD", c)
+    # Accept only "ASCII letter/digit + combining accents" (é, ñ, Å). Spacing marks such
+    # as ¨ decompose to a space plus an accent and must not become a space key.
+    base, marks = decomposed[:1], decomposed[1:]
+    if base.isascii() and base.isalnum() and all(unicodedata.combining(ch) for ch in marks):
+        return base
+    return c
 
 
 # Characters NFKD does not fold but unidecode maps to one ASCII character.
@@ -106,6 +111,27 @@ _EXTRA_FOLDS: dict[str, str] = {
     "\u00b4": "'",  # acute accent
     "\u00a0": " ",  # no-break space
     "\u00d7": "x",  # multiplication sign
+    "\u2010": "-",  # hyphen
+    "\u2011": "-",  # non-breaking hyphen
+    "\u2012": "-",  # figure dash
+    "\u201a": ",",  # low single quote
+    "\u201b": "'",  # reversed single quote
+    "\u201f": '"',  # reversed double quote
+    "\u2032": "'",  # prime
+    "\u2033": '"',  # double prime
+    "\u2039": "<",  # single angle quote
+    "\u203a": ">",  # single angle quote
+    "\u00a1": "!",  # inverted exclamation
+    "\u00bf": "?",  # inverted question
+    "\u00f8": "o",
+    "\u00d8": "O",
+    "\u0142": "l",
+    "\u0141": "L",
+    "\u0111": "d",
+    "\u0110": "D",
+    "\u00f0": "d",
+    "\u00d0": "D",
+    "\u0131": "i",
 }
 
 
