@@ -18,6 +18,7 @@ from emgkey import __version__
 # Subcommand providers, in the order they appear in --help.
 _PROVIDERS: tuple[str, ...] = (
     "emgkey.firmware_sim.cli",
+    "emgkey.train.cli",
 )
 
 
@@ -32,7 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _PROVIDERS:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            # A provider whose module is absent from this install (e.g. a device
+            # bundle without training code) simply contributes no commands.
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
