@@ -1,0 +1,33 @@
+"""The realism report and the speed benchmark, on smoke-sized runs (the numbers are checked in docs)."""
+
+from __future__ import annotations
+
+import json
+
+from emgkey.cli import main as emgkey_main
+
+
+def test_report_writes_markdown_json_and_figures(tmp_path, capsys):
+    rc = emgkey_main(
+        ["sim", "report", "--profile", "armband8", "--users", "2", "--minutes", "0.4", "--out", str(tmp_path)]
+    )
+    assert rc == 0
+    md = (tmp_path / "report.md").read_text()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert md.count("SIMULATED DATA") >= 5
+    assert report["simulated"] is True
+    for png in ("psd", "spatial_correlation", "timing", "amplitude"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 1000
+    assert report["amplitude"]["typing_over_rest"]["mean"] > 2
+    assert report["corr_by_electrode_distance"][1] > report["corr_by_electrode_distance"][-1]
+    assert 0 <= report["key_similarity"]["top_same_finger_fraction"] <= 1
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    from emgkey.benchmarks import sim_speed
+
+    out = tmp_path / "speed.json"
+    sim_speed.main(["--out", str(out), "--minutes", "0.05", "--repeats", "1"])
+    data = json.loads(out.read_text())
+    assert {r["profile"] for r in data["results"]} == {"armband8", "emg2qwerty"}
+    assert all(r["x_realtime"] > 0 for r in data["results"]) and data["threads"] == 1
