@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,8 @@ def test_every_package_folder_is_declared():
 
 
 def test_no_bare_top_level_modules_installed():
-    code = "import importlib.util as u; print([n for n in ('train','export','firmware_sim','edge_runtime','benchmarks') if u.find_spec(n)])"
+    names = ("train", "export", "firmware_sim", "edge_runtime", "benchmarks")
+    code = f"import importlib.util as u; print([n for n in {names!r} if u.find_spec(n)])"
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"bare top-level modules importable from site-packages: {out.stdout}"
 
