@@ -28,7 +28,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: venv
-	$(VENV)/bin/mypy emgkey firmware_sim
+	$(VENV)/bin/mypy emgkey firmware_sim edge_runtime
 
 check: lint typecheck
 

@@ -19,6 +19,7 @@ from emgkey import __version__
 _PROVIDERS: tuple[str, ...] = (
     "emgkey.firmware_sim.cli",
     "emgkey.train.cli",
+    "emgkey.edge_runtime.cli",
     "emgkey.demo",
 )
 
