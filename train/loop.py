@@ -352,6 +352,8 @@ def _train(
     info: DistInfo,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     split = SplitPaths.resolve(data_root, split_file)
     profile = split.profile
     feature_cfg = FeatureConfig.for_profile(profile, cfg.data.feature_kind)
