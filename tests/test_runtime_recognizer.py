@@ -488,7 +488,8 @@ def test_benchmark_runs_on_a_toy_bundle(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["--toy", "--out", str(out), "--minutes", "0.1", "--chunks", "20", "--precision", "fp32"]) == 0
     r = json.loads(out.read_text())
-    assert r["torch_imported"] is False and r["runtime"] == "onnxruntime"
+    # The runtime's own processes must not load torch; this pytest process may have (other tests).
+    assert r["runtime"] == "onnxruntime"
     for name in ("greedy", "beam"):
         assert r["decoding"][name]["cer_gap_points"] <= 0.5  # streamed == offline for the same bundle
         assert r["runtime_process"][name]["torch_imported"] is False
