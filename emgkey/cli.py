@@ -20,6 +20,7 @@ _PROVIDERS: tuple[str, ...] = (
     "emgkey.firmware_sim.cli",
     "emgkey.train.cli",
     "emgkey.edge_runtime.cli",
+    "emgkey.export.cli",
     "emgkey.demo",
 )
 
