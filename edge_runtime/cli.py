@@ -4,6 +4,7 @@
                [--threads 1] [--format onnx|tflite] [--precision int8|fp32] [--jsonl events.jsonl]
                [--keyboard final|partial] [--endpoint rules.json] [--max-seconds S]
     emgkey run --bundle BUNDLE --source "sim://?minutes=1&speed=max" --decoder beam --lm lm6.arpa
+    emgkey run --bundle BUNDLE --user NAME --source ...     # with NAME's calibration profile (emgkey calibrate)
     emgkey lm build --order 6 --out lm6.arpa [--prune 0 0 0 0 1 1] [--text corpus.txt]
     emgkey lm eval --lm lm6.arpa [--backend auto|kenlm|python]         # per-character perplexity on the prompts
 
@@ -59,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="status on stderr: live line (terminal), periodic log lines, or none",
     )
     p.add_argument("--no-verify-hashes", action="store_true", help="skip sha256 checks of the bundle's files")
+    p.add_argument("--user", default=None, help="apply this user's active calibration profile (emgkey calibrate)")
+    p.add_argument("--profile", default=None, help="with --user: this profile id instead of the active one, or 'base'")
     p.set_defaults(func=_run)
 
     lm = sub.add_parser("lm", help="character n-gram language model: build an ARPA file, evaluate it")
@@ -220,6 +223,16 @@ def _run_stream(args: argparse.Namespace) -> int:
     from emgkey.errors import EmgkeyError
 
     bundle = load_bundle(args.bundle, verify_hashes=not args.no_verify_hashes)
+    normalization = None
+    if args.user is not None:  # the user's calibration: an input map, and for strategy 2 a bundle of its own
+        from emgkey.edge_runtime.profile_store import open_for_run
+
+        bundle, calibration = open_for_run(bundle, args.user, args.profile)
+        if calibration is not None:
+            normalization = calibration.normalization
+            log.info("user %s: calibration profile %s (%s)", args.user, calibration.id, calibration.strategy)
+    elif args.profile is not None:
+        raise BundleError("no_user", "--profile selects one of a user's profiles: give --user too")
     m = bundle.manifest
     endpoint = EndpointConfig()
     if args.endpoint:
@@ -237,7 +250,7 @@ def _run_stream(args: argparse.Namespace) -> int:
         blank=int(m.charset.get("blank", charset.BLANK)),
         num_classes=int(m.streaming.log_probs.shape[-1]),
     )
-    recognizer = Recognizer(engine, m.features, factory, m, RecognizerConfig(endpoint=endpoint))
+    recognizer = Recognizer(engine, m.features, factory, m, RecognizerConfig(endpoint=endpoint), normalization)
     source = open_source(args.source, profile=m.profile)
 
     sinks: list[Sink] = [StdoutSink()]
@@ -264,13 +277,16 @@ def _run_stream(args: argparse.Namespace) -> int:
     tracker = TextTracker()
     failure: EmgkeyError | None = None
 
-    def publish(final: bool) -> None:
-        result = stream.finalize() if final else stream.result()
+    def latency() -> dict[str, float]:
         lat = {}
         for stage in ("features", "model", "decode", "e2e"):
             p50, p99 = stream.stats.percentiles_ms(stage)
             lat[f"{stage}_p50"], lat[f"{stage}_p99"] = p50, p99
-        event = tracker.update(result, stream.time_s, lat)
+        return lat
+
+    def publish(final: bool) -> None:
+        result = stream.finalize() if final else stream.result()
+        event = tracker.update(result, stream.time_s, latency)  # percentiles only when there is an event
         if event is not None:
             sink.emit(event)
         if final:
@@ -295,6 +311,7 @@ def _run_stream(args: argparse.Namespace) -> int:
                     stream.accept_gap(ev.n_missing)
                 elif isinstance(ev, RestartEvent):
                     stream.accept_restart()
+                sink.source_event(ev, source.sample_rate_hz)
             if chunk.n:
                 stream.accept(chunk.samples)
             while stream.ready():

@@ -55,6 +55,7 @@ from emgkey.bundle import Bundle, BundleError, Manifest
 from emgkey.decoding import CTCGreedyDecoder
 from emgkey.edge_runtime.endpoint import EndpointConfig, EndpointDetector
 from emgkey.edge_runtime.engines import State, StreamingEngine, open_engine
+from emgkey.edge_runtime.validate import check_samples
 from emgkey.errors import ConfigError, EmgkeyError
 from emgkey.features import FeatureConfig, StreamingFeaturizer
 
@@ -82,6 +83,9 @@ class Decoder(Protocol):
 
 
 _NORM_VALUES = {"kind", "scale", "offset", "mean", "std"}
+# Electrode re-mapping before the affine map (a per-user calibration writes these): a circular shift of each
+# band's electrodes (the band sits rotated on this arm) and a light per-band channel-mixing matrix.
+_NORM_CHANNELS = {"channel_shift", "channel_mix"}
 # Descriptive entries (what the exporter writes today) that change nothing at run time; ``raw_to_uv`` is
 # checked against the device profile, because sources scale raw counts to microvolts with the profile.
 _NORM_INFO = {"note", "source", "features", "in_graph", "raw_to_uv"}
@@ -89,33 +93,40 @@ _NORM_INFO = {"note", "source", "features", "in_graph", "raw_to_uv"}
 
 @dataclass(frozen=True)
 class FeatureNormalization:
-    """Affine map on features, ``x * scale + offset``, broadcast over ``(n_bands, C, n_freq)``.
+    """Map on features before the model: electrode re-mapping, then ``x * scale + offset``.
 
-    Manifest forms (``manifest.normalization``)::
+    Manifest forms (``manifest.normalization``, or a per-user calibration profile's)::
 
         {}                                       identity (also {"kind": "identity"})
         {"kind": "affine", "scale": S, "offset": O}
         {"kind": "standardize", "mean": M, "std": D}      i.e. scale = 1/D, offset = -M/D
 
     ``S, O, M, D`` are numbers or nested lists broadcastable to ``(n_bands, C, n_freq)`` (e.g. one value
-    per channel: shape ``(n_bands, C, 1)``). Descriptive keys (``note``, ``source``, ``features``,
-    ``in_graph``) are allowed; ``raw_to_uv`` must equal the profile's ADC scale. Other keys are errors.
+    per channel: shape ``(n_bands, C, 1)``). Any form may add, applied first and in this order:
+
+        "channel_shift": [s_0, ..., s_{n_bands-1}]    y[:, b, c] = x[:, b, (c - s_b) mod C]  (np.roll by s_b)
+        "channel_mix": M  (n_bands, C, C)              y[:, b, c] = sum_d M[b, c, d] x[:, b, d]
+
+    Descriptive keys (``note``, ``source``, ``features``, ``in_graph``) are allowed;
+    ``raw_to_uv`` must equal the profile's ADC scale. Other keys are errors.
     """
 
     scale: np.ndarray | None = None
     offset: np.ndarray | None = None
+    channel_shift: tuple[int, ...] | None = None  # (n_bands,) electrodes
+    channel_mix: np.ndarray | None = None  # (n_bands, C, C)
 
     @property
     def is_identity(self) -> bool:
-        return self.scale is None and self.offset is None
+        return self.scale is None and self.offset is None and self.channel_shift is None and self.channel_mix is None
 
     @classmethod
     def from_manifest(
         cls, d: dict[str, Any], frame_shape: tuple[int, ...], adc_scale_uv_per_count: float | None = None
     ) -> FeatureNormalization:
-        unknown = set(d) - _NORM_VALUES - _NORM_INFO
+        unknown = set(d) - _NORM_VALUES - _NORM_CHANNELS - _NORM_INFO
         if unknown:
-            known = sorted(_NORM_VALUES | _NORM_INFO)
+            known = sorted(_NORM_VALUES | _NORM_CHANNELS | _NORM_INFO)
             raise ConfigError(f"unknown normalization keys {sorted(unknown)}; known: {known}")
         if "raw_to_uv" in d and adc_scale_uv_per_count is not None:
             if not np.isclose(float(d["raw_to_uv"]), adc_scale_uv_per_count):
@@ -137,24 +148,83 @@ class FeatureNormalization:
                 ) from None
             return a
 
+        shift, mix = _channel_maps(d, frame_shape)
         if kind == "identity":
-            return cls()
+            return cls(channel_shift=shift, channel_mix=mix)
         if kind == "affine":
-            return cls(scale=arr("scale"), offset=arr("offset"))
+            return cls(scale=arr("scale"), offset=arr("offset"), channel_shift=shift, channel_mix=mix)
         if kind == "standardize":
             mean, std = arr("mean"), arr("std")
             if np.any(std <= 0):
                 raise ConfigError("normalization std must be positive")
-            return cls(scale=(1.0 / std).astype(np.float32), offset=(-mean / std).astype(np.float32))
+            return cls(
+                scale=(1.0 / std).astype(np.float32),
+                offset=(-mean / std).astype(np.float32),
+                channel_shift=shift,
+                channel_mix=mix,
+            )
         raise ConfigError(f"unknown normalization kind {kind!r}: identity, affine or standardize")
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest form of this map (``from_manifest`` of it gives the same map)."""
+        d: dict[str, Any] = {"kind": "identity"}
+        if self.scale is not None or self.offset is not None:
+            ones = np.ones((), np.float32)
+            d = {
+                "kind": "affine",
+                "scale": (self.scale if self.scale is not None else ones).tolist(),
+                "offset": (self.offset if self.offset is not None else 0 * ones).tolist(),
+            }
+        if self.channel_shift is not None:
+            d["channel_shift"] = [int(s) for s in self.channel_shift]
+        if self.channel_mix is not None:
+            d["channel_mix"] = self.channel_mix.tolist()
+        return d
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """frames (k, n_bands, C, n_freq) -> same shape, float32."""
+        if self.channel_shift is not None:
+            frames = roll_channels(frames, self.channel_shift)
+        if self.channel_mix is not None:
+            frames = np.einsum("bcd,kbdf->kbcf", self.channel_mix, frames)  # (k, n_bands, C, n_freq)
         if self.scale is not None:
             frames = frames * self.scale
         if self.offset is not None:
             frames = frames + self.offset
         return frames.astype(np.float32, copy=False)
+
+
+def roll_channels(frames: np.ndarray, shift: tuple[int, ...] | list[int] | np.ndarray) -> np.ndarray:
+    """``np.roll`` of each band's electrodes by its own shift: frames (k, n_bands, C, ...) -> a new array.
+
+    ``y[:, b, c] = x[:, b, (c - shift[b]) mod C]``: electrode ``c`` of the model sees this arm's electrode
+    ``c - shift[b]``.
+    """
+    n_bands, c = frames.shape[1], frames.shape[2]
+    assert len(shift) == n_bands, f"one shift per band: {len(shift)} shifts for {n_bands} bands"
+    src = (np.arange(c)[None, :] - np.asarray(shift, dtype=np.int64)[:, None]) % c  # (n_bands, C)
+    return frames[:, np.arange(n_bands)[:, None], src]  # fancy indexing copies
+
+
+def _channel_maps(d: dict[str, Any], frame_shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, np.ndarray | None]:
+    """``channel_shift`` and ``channel_mix`` of a normalization dict, checked against ``(n_bands, C, ...)``."""
+    n_bands, c = frame_shape[0], frame_shape[1]
+    shift = None
+    if "channel_shift" in d:
+        raw = d["channel_shift"]
+        if (
+            not isinstance(raw, list | tuple)
+            or len(raw) != n_bands
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw)
+        ):
+            raise ConfigError(f"normalization channel_shift must be {n_bands} integers (one per band), got {raw!r}")
+        shift = tuple(int(x) for x in raw)
+    mix = None
+    if "channel_mix" in d:
+        mix = np.asarray(d["channel_mix"], dtype=np.float32)
+        if mix.shape != (n_bands, c, c) or not np.all(np.isfinite(mix)):
+            raise ConfigError(f"normalization channel_mix must be finite, shape ({n_bands}, {c}, {c}); got {mix.shape}")
+    return shift, mix
 
 
 @dataclass(frozen=True)
@@ -341,7 +411,10 @@ class Recognizer:
         decoder_factory: Callable[[], Decoder],
         manifest: Manifest,
         config: RecognizerConfig | None = None,
+        normalization: dict[str, Any] | None = None,
     ) -> None:
+        """``normalization``: replaces the manifest's normalization values (a per-user calibration profile's,
+        ``emgkey.edge_runtime.profile_store``); the manifest's descriptive entries (``raw_to_uv``) still apply."""
         self.engine = engine
         self.features = featurizer_config
         self.decoder_factory = decoder_factory
@@ -366,9 +439,10 @@ class Recognizer:
             )
         self.num_classes = int(sig.log_probs.shape[-1])
         self.blank = int(manifest.charset.get("blank", charset.BLANK))
-        self.normalization = FeatureNormalization.from_manifest(
-            manifest.normalization, self.frame_shape, prof.adc_scale_uv_per_count
-        )
+        norm = manifest.normalization
+        if normalization is not None:
+            norm = {**{k: v for k, v in norm.items() if k in _NORM_INFO}, **normalization}
+        self.normalization = FeatureNormalization.from_manifest(norm, self.frame_shape, prof.adc_scale_uv_per_count)
         self.sample_rate_hz = featurizer_config.sample_rate_hz
         self.frame_rate_hz = featurizer_config.frame_rate_hz
         self.queue_capacity = max(2 * sig.chunk_frames, int(self.config.max_buffered_s * self.frame_rate_hz))
@@ -385,8 +459,10 @@ class Recognizer:
         precision: str = "int8",
         threads: int = 1,
         config: RecognizerConfig | None = None,
+        normalization: dict[str, Any] | None = None,
     ) -> Recognizer:
-        """``decoder``: ``"greedy"``, ``"beam"`` (with ``lm``, an ARPA path, optional) or a factory."""
+        """``decoder``: ``"greedy"``, ``"beam"`` (with ``lm``, an ARPA path, optional) or a factory;
+        ``normalization``: a calibration profile's input map (see ``Recognizer.__init__``)."""
         engine = open_engine(bundle, precision=precision, format=format, threads=threads)
         m = bundle.manifest
         if callable(decoder):
@@ -398,7 +474,7 @@ class Recognizer:
                 blank=int(m.charset.get("blank", charset.BLANK)),
                 num_classes=int(m.streaming.log_probs.shape[-1]),
             )
-        return cls(engine, m.features, factory, m, config)
+        return cls(engine, m.features, factory, m, config, normalization)
 
     def create_stream(self) -> StreamState:
         return StreamState(self)
@@ -469,9 +545,8 @@ class StreamState:
         """samples (n, n_bands, C) float microvolts, n >= 0."""
         assert not self._finished, "accept() after input_finished()"
         r = self.recognizer
-        assert samples.ndim == 3 and samples.shape[1:] == r.channel_shape, (
-            f"expected samples (n, {r.channel_shape[0]}, {r.channel_shape[1]}), got {samples.shape}"
-        )
+        # Wrong layout or NaN/inf: a clear error (ChannelCountError / InvalidSampleError), never into the model.
+        check_samples("stream.accept", samples, *r.channel_shape, first_index=self._sample_clock)
         if len(samples) == 0:
             return
         t0 = time.perf_counter()

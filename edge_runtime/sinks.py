@@ -8,7 +8,11 @@ tail of a partial result, and a keyboard can only follow with backspaces.
 Events:
 - ``partial``: the segment's text changed (emitted only on change);
 - ``final``: the segment ended (an endpoint, a long signal gap or the end of input); its text is final;
-- ``status``: periodic counters (samples/s, dropped packets, latency percentiles), JSON-lines only.
+- ``status``: periodic counters (samples/s, dropped packets, latency percentiles), JSON-lines only; the last
+  one (``"final": true``) is always written;
+- ``gap`` / ``restart``: the source lost samples or restarted (``source_event``), JSON-lines only: where
+  (``at``, a stream sample index, and ``stream_time_s``), how many samples (``n_missing``) and why (``reason``),
+  so a consumer knows which stretch of the stream the text could not cover.
 
 Sinks: ``StdoutSink`` (final lines on stdout; on a terminal also the live partial line),
 ``JsonlSink`` (one JSON object per event, flushed per line so a crash loses nothing),
@@ -21,13 +25,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from emgkey import charset
 from emgkey.edge_runtime.recognizer import Result
+from emgkey.edge_runtime.sources import GapEvent, SourceEvent
 from emgkey.errors import EmgkeyError
 
 
@@ -80,8 +85,13 @@ class TextTracker:
     segment: int = -1
 
     def update(
-        self, result: Result, stream_time_s: float, latency_ms: dict[str, float] | None = None
+        self,
+        result: Result,
+        stream_time_s: float,
+        latency_ms: dict[str, float] | Callable[[], dict[str, float]] | None = None,
     ) -> TextEvent | None:
+        """The event for ``result``, or None when there is nothing new to show. ``latency_ms`` may be a function,
+        called only when an event is made: percentiles over the latency windows are too dear for every loop."""
         if result.segment != self.segment:
             self.segment, self.shown = result.segment, ""
         text = result.text
@@ -98,14 +108,27 @@ class TextTracker:
             insert=insert,
             stream_time_s=stream_time_s,
             label_times_s=list(result.timestamps),
-            latency_ms=dict(latency_ms or {}),
+            latency_ms=dict((latency_ms() if callable(latency_ms) else latency_ms) or {}),
         )
+
+
+def source_event_dict(event: SourceEvent, sample_rate_hz: float) -> dict[str, Any]:
+    """A gap or restart as a JSON object (``at`` is the stream sample index, as in ``stream_time_s``)."""
+    d: dict[str, Any] = {"type": "gap" if isinstance(event, GapEvent) else "restart", "at": event.at}
+    if isinstance(event, GapEvent):
+        d["n_missing"] = event.n_missing
+    d["reason"] = str(getattr(event.reason, "value", event.reason))
+    d["stream_time_s"] = round(event.at / sample_rate_hz, 4)
+    d["wall_time"] = round(time.time(), 4)
+    return d
 
 
 class Sink(Protocol):
     def emit(self, event: TextEvent) -> None: ...
 
     def status(self, counters: dict[str, Any]) -> None: ...
+
+    def source_event(self, event: SourceEvent, sample_rate_hz: float) -> None: ...
 
     def close(self) -> None: ...
 
@@ -139,6 +162,9 @@ class StdoutSink:
     def status(self, counters: dict[str, Any]) -> None:
         pass
 
+    def source_event(self, event: SourceEvent, sample_rate_hz: float) -> None:
+        pass
+
     def close(self) -> None:
         self._clear_live()
         self.out.flush()
@@ -166,9 +192,12 @@ class JsonlSink:
 
     def status(self, counters: dict[str, Any]) -> None:
         now = time.monotonic()
-        if now - self._last_status >= self.status_every_s:
+        if counters.get("final") or now - self._last_status >= self.status_every_s:  # the last one always
             self._last_status = now
             self._write({"type": "status", "wall_time": round(time.time(), 4), **counters})
+
+    def source_event(self, event: SourceEvent, sample_rate_hz: float) -> None:
+        self._write(source_event_dict(event, sample_rate_hz))
 
     def close(self) -> None:
         if self._closed:
@@ -305,6 +334,9 @@ class KeyboardSink:
     def status(self, counters: dict[str, Any]) -> None:
         pass
 
+    def source_event(self, event: SourceEvent, sample_rate_hz: float) -> None:
+        pass
+
     def close(self) -> None:
         if self._closed:
             return
@@ -325,6 +357,10 @@ class MultiSink:
     def status(self, counters: dict[str, Any]) -> None:
         for s in self.sinks:
             s.status(counters)
+
+    def source_event(self, event: SourceEvent, sample_rate_hz: float) -> None:
+        for s in self.sinks:
+            s.source_event(event, sample_rate_hz)
 
     def close(self) -> None:
         # Close every sink even if one fails, then re-raise the first failure.

@@ -116,13 +116,7 @@ class SampleValidator:
             return [samples]
         bad_rows = np.flatnonzero(~good)
         if self.nonfinite == NonFinitePolicy.RAISE:
-            row = int(bad_rows[0])
-            band, chan = (int(v) for v in np.argwhere(~np.isfinite(samples[row]))[0])
-            raise InvalidSampleError(
-                self.source,
-                f"non-finite sample ({samples[row, band, chan]}) at stream index {first_index + row}, "
-                f"band {band}, channel {chan} ({len(bad_rows)} bad row(s) in this block of {n})",
-            )
+            raise _nonfinite_error(self.source, samples, good, first_index)
         self.stats.invalid_samples += len(bad_rows)
         runs: list[Run] = []
         # Boundaries where goodness flips: runs alternate between kept arrays and dropped counts.
@@ -130,3 +124,26 @@ class SampleValidator:
         for a, b in zip([0, *edges.tolist()], [*edges.tolist(), n]):
             runs.append(samples[a:b] if good[a] else b - a)
         return runs
+
+
+def _nonfinite_error(source: str, samples: np.ndarray, good: np.ndarray, first_index: int) -> InvalidSampleError:
+    """The error naming the first non-finite value of ``samples`` (n, n_bands, C); ``good`` marks clean rows."""
+    bad_rows = np.flatnonzero(~good)
+    row = int(bad_rows[0])
+    band, chan = (int(v) for v in np.argwhere(~np.isfinite(samples[row]))[0])
+    return InvalidSampleError(
+        source,
+        f"non-finite sample ({samples[row, band, chan]}) at stream index {first_index + row}, "
+        f"band {band}, channel {chan} ({len(bad_rows)} bad row(s) in this block of {len(samples)})",
+    )
+
+
+def check_samples(source: str, block: np.ndarray, n_bands: int, channels_per_band: int, first_index: int = 0) -> None:
+    """Raise unless ``block`` is (n, n_bands, C) of finite real numbers: the stateless check, with the messages of
+    ``SampleValidator`` under ``nonfinite="raise"``. For entry points that take samples from a caller rather than a
+    source (``StreamState.accept``), where there is no gap to report a dropped row as."""
+    SampleValidator(source, n_bands, channels_per_band, NonFinitePolicy.RAISE).check_shape(block)
+    if block.dtype.kind == "f" and len(block):
+        good = np.asarray(np.isfinite(block).all(axis=(1, 2)))  # (n,)
+        if not bool(good.all()):
+            raise _nonfinite_error(source, block, good, first_index)

@@ -83,6 +83,36 @@ class BlockIteratorSource:
         return out
 
 
+class PacedSource:
+    """Another source's samples, acquired no faster than ``speed`` x the sample rate.
+
+    For a ``FirmwareRunner`` with ``realtime=False`` (which otherwise packetizes as fast as the host reads):
+    a device faster than life but not infinitely fast, so a host reads as it goes, as from a real armband,
+    and an accelerated test or soak does not pile the whole recording into the host's buffer at once.
+    """
+
+    def __init__(self, inner: SampleSource, sample_rate_hz: float, speed: float) -> None:
+        assert sample_rate_hz > 0 and speed > 0, "sample rate and speed must be positive"
+        self.inner = inner
+        self.rate = sample_rate_hz * speed  # samples per wall-clock second
+        self.pos = 0  # samples read so far
+        self._t0: float | None = None
+
+    def read(self, n: int) -> np.ndarray:
+        if self._t0 is None:
+            self._t0 = time.monotonic() - self.pos / self.rate
+        wait = self._t0 + (self.pos + n) / self.rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        block = self.inner.read(n)
+        self.pos += int(block.shape[0])
+        return block
+
+    def pause(self) -> None:
+        """The device was off the bus: pacing restarts from the next read (no burst to catch up)."""
+        self._t0 = None
+
+
 @dataclass(frozen=True)
 class FirmwareConfig:
     device_id: int = 1

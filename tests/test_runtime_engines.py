@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnx", reason="test bundles are built with onnx.helper")
 pytest.importorskip("onnxruntime", reason="the ONNX engine needs onnxruntime")
 
-from emgkey.benchmarks.runtime_bench import ToyModel, build_toy_bundle
+from emgkey.benchmarks.toy_bundle import ToyModel, build_toy_bundle
 from emgkey.bundle import BundleError, StreamingSignature, TensorSpec, load_bundle
 from emgkey.edge_runtime.engines import (
     LiteRTStreamingEngine,
@@ -175,7 +175,7 @@ def test_litert_engine_maps_converted_names(tmp_path, mangle):
         from ai_edge_litert import schema_py_generated  # noqa: F401
     except ImportError:
         pytest.skip("ai-edge-litert (LiteRT) is not installed")
-    from emgkey.benchmarks.runtime_bench import toy_tflite_bytes
+    from emgkey.benchmarks.toy_bundle import toy_tflite_bytes
 
     root = build_toy_bundle(tmp_path, chunk_frames=4, kernel=2, tflite=True, int8=False)
     b = load_bundle(root)

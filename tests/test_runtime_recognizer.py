@@ -23,7 +23,7 @@ pytest.importorskip("onnx", reason="test bundles are built with onnx.helper")
 pytest.importorskip("onnxruntime", reason="the ONNX engine needs onnxruntime")
 
 from emgkey import charset
-from emgkey.benchmarks.runtime_bench import ToyModel, build_toy_bundle
+from emgkey.benchmarks.toy_bundle import ToyModel, build_toy_bundle
 from emgkey.bundle import load_bundle
 from emgkey.decoding import CTCGreedyDecoder, greedy_decode
 from emgkey.edge_runtime.endpoint import EndpointConfig, EndpointDetector, EndpointRule
@@ -486,14 +486,16 @@ def test_benchmark_runs_on_a_toy_bundle(tmp_path):
     from emgkey.benchmarks.runtime_bench import main
 
     out = tmp_path / "bench.json"
-    assert main(["--toy", "--out", str(out), "--minutes", "0.1", "--chunks", "20", "--precision", "fp32"]) == 0
-    r = json.loads(out.read_text())
+    args = ["--toy", "--out", str(out), "--minutes", "0.1", "--chunks", "20", "--precision", "fp32", "--lm", "none"]
+    assert main(args) == 0
+    r = json.loads(out.read_text())["bundles"][0]
     # The runtime's own processes must not load torch; this pytest process may have (other tests).
     assert r["runtime"] == "onnxruntime"
     for name in ("greedy", "beam"):
         assert r["decoding"][name]["cer_gap_points"] <= 0.5  # streamed == offline for the same bundle
-        assert r["runtime_process"][name]["torch_imported"] is False
-    assert r["latency"]["algorithmic_latency_ms"] > r["latency"]["chunk_wait_ms"] > 0
+        assert r["runtime_process"][name]["torch_loaded"] is False
+        assert r["latency"][name]["algorithmic_latency_ms"] > r["latency"][name]["chunk_wait_ms"] > 0
+    assert out.with_suffix(".md").read_text().startswith("# Edge runtime benchmark")
 
 
 def test_run_reports_bundle_problems_without_a_traceback(tmp_path):
