@@ -1,0 +1,221 @@
+"""A whole calibration: data checks, strategies, the held-out decision, the profile, activation.
+
+``calibrate_recording(bundle, user, recording, options)`` is what ``emgkey calibrate`` runs after
+recording (and what the benchmark runs on simulated recordings):
+
+1. ``CalibrationSet.from_recording``: features, one segment per prompt, checks (a
+   ``CalibrationDataError`` here means nothing is written);
+2. the **current** model, what ``emgkey run --user`` runs today (the active profile, else the plain
+   bundle), scored on the held-out prompts;
+3. strategy 1 (``calibrate.estimate_stats``, numpy) on the base bundle; strategy 2
+   (``emgkey.train.finetune_calib``, torch, imported only then) starting from its result, when asked
+   for (``finetune``) or possible (``auto``: torch installed and the base checkpoint found);
+4. the best strategy on the held-out slice (deployed engine, int8) is compared with the current model
+   (``calibrate.Acceptance``); the profile is written either way (``profile_store``: atomic, with the
+   recording), and activated only when it wins.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emgkey.bundle import Bundle, load_bundle, sha256_file
+from emgkey.edge_runtime.calib_data import CalibrationRecording, CalibrationSet, DataLimits
+from emgkey.edge_runtime.calibrate import Acceptance, Deployed, StatsConfig, estimate_stats, heldout_score
+from emgkey.edge_runtime.profile_store import Profile, ProfileError, ProfileStore, model_fingerprint, open_for_run
+from emgkey.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("stats", "finetune", "auto")
+
+
+@dataclass
+class CalibrationOptions:
+    strategy: str = "auto"  # stats | finetune | auto (finetune when torch and the base checkpoint are there)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    limits: DataLimits = field(default_factory=DataLimits)
+    acceptance: Acceptance = field(default_factory=Acceptance)
+    precision: str = "int8"  # what the held-out comparison runs (as `emgkey run`)
+    format: str = "onnx"
+    threads: int = 1
+    checkpoint: str | None = None  # strategy 2: the base model's checkpoint (default: the manifest's path)
+    finetune: Any = None  # emgkey.train.finetune_calib.FinetuneConfig (None: its defaults)
+    activate: bool = True
+    keep_recording: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}: {', '.join(STRATEGIES)}")
+
+
+@dataclass
+class CalibrationOutcome:
+    profile: Profile
+    activated: bool
+    current: dict[str, Any]
+    candidates: dict[str, dict[str, Any]]
+    seconds: float
+
+    def summary_lines(self) -> list[str]:
+        p = self.profile
+        cur = self.current
+        lines = [f"current model ({cur['label']}): held-out NLL/key {cur['nll']:.3f}, CER {cur['cer']:.1f}%"]
+        for name, c in self.candidates.items():
+            h = c["heldout"]
+            lines.append(
+                f"{name:<8} held-out NLL/key {h['nll']:.3f}, CER {h['cer']:.1f}%  ({c['seconds']:.1f} s compute)"
+            )
+        verdict = "activated" if self.activated else ("accepted, not activated" if p.accepted else "rejected")
+        lines.append(f"profile {p.id} ({p.strategy}): {verdict}: {p.reason}")
+        return lines
+
+
+def resolve_checkpoint(bundle: Bundle, checkpoint: str | Path | None) -> Path:
+    """The base model's checkpoint: ``checkpoint``, else the manifest's path; its hash must be the manifest's."""
+    m = bundle.manifest.model
+    path = Path(checkpoint) if checkpoint is not None else (Path(m["checkpoint"]) if m.get("checkpoint") else None)
+    if path is None or not path.is_file():
+        raise ConfigError(
+            "strategy finetune needs the base model's checkpoint (the bundle holds only graphs): pass --checkpoint; "
+            f"the manifest names {m.get('checkpoint')!r}"
+        )
+    want = m.get("checkpoint_sha256")
+    if want and sha256_file(path) != want:
+        raise ConfigError(f"{path} is not the checkpoint this bundle was exported from (sha256 differs)")
+    return path
+
+
+def finetune_available(bundle: Bundle, checkpoint: str | Path | None) -> tuple[bool, str]:
+    """Whether strategy 2 can run here: torch installed and the base checkpoint found and matching."""
+    if importlib.util.find_spec("torch") is None:
+        return False, "torch is not installed"
+    try:
+        resolve_checkpoint(bundle, checkpoint)
+    except ConfigError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def calibrate_recording(
+    bundle: Bundle, user: str, recording: CalibrationRecording, options: CalibrationOptions | None = None
+) -> CalibrationOutcome:
+    opt = options or CalibrationOptions()
+    t_start = time.perf_counter()
+    m = bundle.manifest
+    store = ProfileStore(bundle.root, user, manifest=m)
+    store.remove_stale_partials()
+    cal = CalibrationSet.from_recording(recording, m.features, opt.limits)
+    run_kw = dict(precision=opt.precision, format=opt.format, threads=opt.threads)
+
+    try:
+        current_bundle, current_profile = open_for_run(bundle, user)
+    except ProfileError as exc:  # e.g. the bundle's model was replaced since: its profiles no longer apply
+        log.warning("the active profile of %s cannot be used (%s): comparing with the plain bundle", user, exc)
+        current_bundle, current_profile = bundle, None
+    current = Deployed(
+        current_bundle,
+        current_profile.normalization if current_profile is not None else None,
+        f"profile {current_profile.id}" if current_profile is not None else "plain bundle",
+    )
+    cur_score: dict[str, Any] = {"label": current.label, **heldout_score(current, cal, **run_kw)}
+
+    want_ft = opt.strategy in ("finetune", "auto")
+    if want_ft:
+        ok, why = finetune_available(bundle, opt.checkpoint)
+        if not ok:
+            if opt.strategy == "finetune":
+                raise ConfigError(f"strategy finetune cannot run: {why}")
+            log.info("strategy 2 skipped (%s): strategy 1 only", why)
+            want_ft = False
+
+    candidates: dict[str, dict[str, Any]] = {}
+    with store.staging() as tmp:
+        t0 = time.perf_counter()
+        stats = estimate_stats(bundle, cal, opt.stats, threads=opt.threads)
+        stats_norm = stats.normalization.to_manifest()
+        candidates["stats"] = {
+            "normalization": stats_norm,
+            "bundle": None,
+            "info": stats.describe(),
+            "seconds": time.perf_counter() - t0,
+        }
+        candidates["stats"]["heldout"] = heldout_score(Deployed(bundle, stats_norm, "stats"), cal, **run_kw)
+        if want_ft:
+            from emgkey.train import finetune_calib as ft
+
+            t0 = time.perf_counter()
+            res = ft.finetune(bundle, cal, stats.normalization, opt.checkpoint, opt.finetune)
+            own: Bundle = bundle
+            rel = None
+            if res.model_changed:
+                ft.export_calibrated_bundle(res, bundle, cal, tmp / "bundle", opt.finetune, opt.checkpoint)
+                own, rel = load_bundle(tmp / "bundle"), "bundle"
+            info = dict(res.info)
+            info["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+            candidates["finetune"] = {
+                "normalization": res.normalization,
+                "bundle": rel,
+                "info": info,
+                "seconds": time.perf_counter() - t0,
+                "heldout": heldout_score(Deployed(own, res.normalization, "finetune"), cal, **run_kw),
+            }
+        best_name = min(candidates, key=lambda k: candidates[k]["heldout"]["nll"])
+        if best_name != "finetune" and (tmp / "bundle").exists():
+            import shutil
+
+            shutil.rmtree(tmp / "bundle")
+        for name, c in candidates.items():
+            if name != best_name:
+                c["bundle"] = None
+        best = candidates[best_name]
+        accepted, reason = opt.acceptance.judge(best["heldout"], cur_score)
+        if opt.keep_recording:
+            recording.save(tmp / "recording.npz")
+        metrics = {
+            "data": cal.summary(),
+            "recording_seconds": round(recording.seconds, 2),
+            "source": recording.source,
+            "current": cur_score,
+            "candidates": {
+                k: {"heldout": v["heldout"], "seconds": round(v["seconds"], 3), "info": v["info"]}
+                for k, v in candidates.items()
+            },
+            "chosen": best_name,
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "seconds_total": round(time.perf_counter() - t_start, 2),
+        }
+        profile = Profile(
+            id="",
+            user=user,
+            created_unix=time.time(),
+            strategy=best_name,
+            base_fingerprint=model_fingerprint(m),
+            normalization=best["normalization"],
+            accepted=accepted,
+            reason=reason,
+            bundle=best["bundle"],
+            metrics=metrics,
+        )
+        profile = store.commit(tmp, profile)
+    activated = False
+    if accepted and opt.activate:
+        store.activate(profile.id)
+        activated = True
+    return CalibrationOutcome(
+        profile=profile,
+        activated=activated,
+        current=cur_score,
+        candidates={k: {"heldout": v["heldout"], "seconds": v["seconds"]} for k, v in candidates.items()},
+        seconds=time.perf_counter() - t_start,
+    )

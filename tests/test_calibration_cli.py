@@ -1,0 +1,246 @@
+"""``emgkey calibrate`` end to end: sim://, a saved recording, serial through a pty, then ``emgkey run --user``.
+
+The decisive case uses an oracle toy model (``KeyedToyModel``: key ``k`` is a burst on electrode slot
+``k``) and a new user who wears both bands rotated: uncalibrated, every burst is read as the neighbouring
+electrode's key; after ``emgkey calibrate`` the user's ``emgkey run`` decodes what was typed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx", reason="toy bundles are built with onnx.helper")
+pytest.importorskip("onnxruntime", reason="the calibration scores through the ONNX engine")
+
+from test_calibration import add_reference, sim_features
+
+from emgkey.benchmarks.toy_bundle import KeyedToyModel, build_toy_bundle, keyed_emg
+from emgkey.cli import main
+from emgkey.edge_runtime.calib_data import CalibrationRecording, PromptChoice, PromptSpan
+from emgkey.edge_runtime.profile_store import ProfileStore
+from emgkey.features import FeatureConfig, compute_features
+from emgkey.metrics import cer
+from emgkey.profiles import ARMBAND8
+
+# Simulated user 69 types fast (median 0.16 s between keys): a 40 s calibration holds several prompts.
+# 32 unshifted keys, one per electrode slot of armband8 (2 bands x 8 electrodes).
+KEYS = "etaoinsrhldcumfpgwybvkxjqz,.'-/;"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = build_toy_bundle(tmp_path_factory.mktemp("toy") / "bundle", "armband8", chunk_frames=4, kernel=2)
+    add_reference(out, sim_features(seconds=10.0, users=(900,)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = KeyedToyModel(ARMBAND8.n_bands, ARMBAND8.channels_per_band, 9, keys=KEYS)
+    out = build_toy_bundle(tmp_path_factory.mktemp("keyed") / "bundle", "armband8", chunk_frames=4, model=model)
+    population = keyed_emg(ARMBAND8, 40.0, keys=KEYS, seed=100).emg
+    add_reference(out, compute_features(population, FeatureConfig.for_profile(ARMBAND8)))
+    return out
+
+
+def _rotated_recording(seconds: float, shift: tuple[int, int], seed: int, per_prompt: int = 7):
+    """A keyed recording worn rotated: this arm's electrode c carries what the model expects at c + shift."""
+    rec = keyed_emg(ARMBAND8, seconds, keys=KEYS, seed=seed)
+    emg = rec.emg.copy()
+    for b, s in enumerate(shift):
+        emg[:, b] = np.roll(rec.emg[:, b], -s, axis=1)
+    spans = []
+    groups = [rec.keys[i : i + per_prompt] for i in range(0, len(rec.keys), per_prompt)]
+    for i, g in enumerate(groups[:-1]):
+        start = 0 if i == 0 else g[0][1] - 20
+        stop = groups[i + 1][0][1] - 20
+        spans.append(PromptSpan("".join(k for k, _, _ in g), int(start), int(stop)))
+    return emg, rec.target, spans
+
+
+def _write_session(path: Path, emg_uv: np.ndarray) -> Path:
+    from emgkey.session import write_session
+
+    counts = np.clip(np.rint(emg_uv / ARMBAND8.adc_scale_uv_per_count), -32767, 32767).astype(np.int16)
+    ts = 1.7e9 + np.arange(len(counts)) / ARMBAND8.sample_rate_hz
+    return write_session(
+        path,
+        profile=ARMBAND8,
+        timestamps=ts,
+        emg=counts,
+        keystrokes=[],
+        prompts=[],
+        session_name=path.stem,
+        user="test",
+    )
+
+
+def _run_text(capsys: pytest.CaptureFixture[str], bundle: Path, source: str, *extra: str) -> str:
+    rc = main(["run", "--bundle", str(bundle), "--source", source, "--no-endpoint", "--status", "off", *extra])
+    assert rc == 0
+    return "".join(capsys.readouterr().out.split("\n"))
+
+
+def test_calibrate_then_run_decodes_a_rotated_user(keyed: Path, tmp_path: Path, capsys) -> None:
+    shift = (1, -1)
+    emg, _, spans = _rotated_recording(36.0, shift, seed=1)
+    rec_path = CalibrationRecording(ARMBAND8, emg, spans, "keyed test").save(tmp_path / "calib.npz")
+    rc = main(
+        [
+            "calibrate",
+            "--bundle",
+            str(keyed),
+            "--user",
+            "carol",
+            "--recording",
+            str(rec_path),
+            "--strategy",
+            "stats",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["accepted"] and out["activated"], out["reason"]
+    assert out["normalization"]["channel_shift"] == list(shift)
+    assert out["metrics"]["candidates"]["stats"]["seconds"] < 10.0
+
+    # Later typing by the same user (other keys), through the recorded-file source, as on the device.
+    eval_emg, target, _ = _rotated_recording(15.0, shift, seed=2)
+    session = _write_session(tmp_path / "eval.hdf5", eval_emg)
+    url = f"replay://{session}?speed=max"
+    calibrated = _run_text(capsys, keyed, url, "--user", "carol")
+    plain = _run_text(capsys, keyed, url, "--user", "carol", "--profile", "base")
+    assert cer(calibrated, target) < 10.0 < 50.0 < cer(plain, target)
+
+    # Rollback: the plain bundle again.
+    assert main(["calibrate", "--bundle", str(keyed), "--user", "carol", "--rollback"]) == 0
+    assert ProfileStore(keyed, "carol").active() is None
+    assert _run_text(capsys, keyed, url, "--user", "carol") == plain
+
+
+def test_calibrate_on_a_simulated_new_user(toy: Path, capsys) -> None:
+    rc = main(
+        [
+            "calibrate",
+            "--bundle",
+            str(toy),
+            "--user",
+            "dave",
+            "--source",
+            "sim://?user=69&speed=max",
+            "--seconds",
+            "40",
+            "--strategy",
+            "stats",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out[captured.out.index("{") :])
+    shown = [line for line in captured.out.splitlines() if line.startswith("[")]
+    assert len(shown) >= 3  # the prompts were shown as the simulated user reached them
+    data = out["metrics"]["data"]
+    assert data["prompts_fit"] >= 2 and data["prompts_heldout"] >= 1 and data["seconds_fit"] >= 8.0
+    store = ProfileStore(toy, "dave")
+    [prof] = store.profiles()
+    assert (store.active_id() == prof.id) == out["activated"] == (out["accepted"] and True)
+    rec = CalibrationRecording.load(prof.path / "recording.npz")
+    assert rec.seconds == pytest.approx(40.0) and len(rec.spans) >= 3
+    # Every prompt the user typed is one the calibration chose from the prompt corpus.
+    chosen = {t for _, t in PromptChoice().choose(PromptChoice().enough_for(40.0), salt="dave")}
+    assert {s.text for s in rec.spans} <= chosen
+    assert main(["calibrate", "--bundle", str(toy), "--user", "dave", "--list"]) == 0
+    assert prof.id in capsys.readouterr().out
+
+
+def test_too_little_data_is_a_clear_error_and_writes_nothing(toy: Path, capsys) -> None:
+    rc = main(
+        [
+            "calibrate",
+            "--bundle",
+            str(toy),
+            "--user",
+            "erin",
+            "--source",
+            "sim://?user=5&speed=max",
+            "--seconds",
+            "6",
+            "--strategy",
+            "stats",
+        ]
+    )
+    assert rc == 2
+    assert "[too_little_data]" in capsys.readouterr().err
+    assert not (toy / "profiles" / "erin").exists()
+
+
+def test_a_device_with_other_channels_is_refused(toy: Path, tmp_path: Path, capsys) -> None:
+    rec = CalibrationRecording(ARMBAND8, np.ones((4000, 2, 6), np.float32), [], "bad")
+    rc = main(["calibrate", "--bundle", str(toy), "--user", "erin", "--recording", str(rec.save(tmp_path / "r.npz"))])
+    assert rc == 2 and "[wrong_channels]" in capsys.readouterr().err
+
+
+@pytest.mark.pty
+def test_calibrate_through_the_serial_link_of_a_simulated_armband(toy: Path, capsys) -> None:
+    """The simulator's firmware on a pty, its user typing the calibration prompts; the real serial driver."""
+    from emgkey.firmware_sim.firmware import ArmbandFirmware, ArraySource
+    from emgkey.firmware_sim.link import FirmwareRunner, PtyLink
+    from emgkey.firmware_sim.simulate import simulate_session
+
+    seconds, user = 40.0, "frank"  # simulated user 88 is a fast typist: several prompts in 40 s
+    choice = PromptChoice()
+    prompts = [t for _, t in choice.choose(choice.enough_for(seconds), salt=user)]
+    session = simulate_session(ARMBAND8, 88, 0, seconds / 60, 0, prompts)
+    fw = ArmbandFirmware(ARMBAND8, ArraySource(session.emg))
+    with PtyLink() as link, FirmwareRunner(fw, link.master_fd, realtime=False):
+        rc = main(
+            [
+                "calibrate",
+                "--bundle",
+                str(toy),
+                "--user",
+                user,
+                "--source",
+                f"serial://{link.path}",
+                "--sim-typist",
+                "user=88&seed=0",
+                "--seconds",
+                str(seconds),
+                "--strategy",
+                "stats",
+            ]
+        )
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "complete prompts" in err
+    [prof] = ProfileStore(toy, user).profiles()
+    rec = CalibrationRecording.load(prof.path / "recording.npz")
+    np.testing.assert_allclose(rec.samples, session.emg_uv()[: len(rec.samples)])  # every sample, in order
+    assert [s.text for s in rec.spans] == [p["payload"]["text"] for p in session.prompts][: len(rec.spans)]
+
+
+def test_strategy_finetune_needs_torch_and_the_checkpoint(toy: Path, capsys) -> None:
+    rc = main(
+        [
+            "calibrate",
+            "--bundle",
+            str(toy),
+            "--user",
+            "gina",
+            "--source",
+            "sim://?user=6&speed=max",
+            "--seconds",
+            "30",
+            "--strategy",
+            "finetune",
+        ]
+    )
+    assert rc == 2
+    assert "finetune cannot run" in capsys.readouterr().err
+    assert not (toy / "profiles" / "gina").exists() or not ProfileStore(toy, "gina").profiles()
