@@ -20,7 +20,9 @@ _PROVIDERS: tuple[str, ...] = (
     "emgkey.firmware_sim.cli",
     "emgkey.train.cli",
     "emgkey.edge_runtime.cli",
+    "emgkey.edge_runtime.calibrate_cli",
     "emgkey.export.cli",
+    "emgkey.benchmarks.cli",
     "emgkey.demo",
 )
 

@@ -1,0 +1,500 @@
+"""Calibration benchmark: CER before and after 15 / 30 / 60 s of calibration, per student and strategy.
+
+    python -m emgkey.benchmarks.calibration_bench --out runs/calib_bench                 # small: trains tiny students
+    python -m emgkey.benchmarks.calibration_bench --bundle B --checkpoint B.pt --out DIR  # a given student
+    python -m emgkey.benchmarks.calibration_bench --bundle B1 --checkpoint C1 --bundle B2 --checkpoint C2 --out DIR
+    python -m emgkey.benchmarks.calibration_bench --quick --out DIR                      # 2 users, 30/60 s: a smoke run
+
+SIMULATED DATA. Users are simulated (``emgkey.firmware_sim``) with ids far from any training population
+(``--first-user``, default 1000), so none was seen in training. Per user:
+
+- calibration: the user types prompts chosen by ``emgkey calibrate`` from the prompt corpus (session 0),
+  exactly what ``sim://`` gives the CLI (``calib_record.simulated_recording``); the first 15, 30 and 60 s
+  of it are the calibration data (each split into fit and held-out prompts by the calibration itself);
+- evaluation: the same user on another day (session 1: the bands put on again), typing **other** prompts
+  for ``--eval-seconds``; CER against the keys actually pressed (typos and ⌫ included, emg2qwerty's
+  definition), greedy decoding through the device's streaming runtime (int8 ONNX unless the bundle lacks
+  it), and the CTC negative log-likelihood per key of those keys (informative while CER is ~100%).
+
+Strategies, each run exactly as ``emgkey calibrate --strategy ...`` runs it (``calib_run.calibrate_recording``):
+
+- ``stats``: strategy 1, numpy only (no torch imported in its worker);
+- ``finetune``: strategy 2 (strategy 1, then the adapter and last layers, re-export when layers changed);
+  the profile keeps whichever of the two wins on the held-out prompts;
+- ``scratch``: a personalized model of the same architecture trained from scratch on the same data with the
+  same loss, early stopping and time budget (``finetune_calib.train_from_scratch``), evaluated in torch.
+
+"after" is the calibrated model; "deployed" is what a device would run: the calibrated model if it beat
+the base model on the held-out prompts, else the base model. Compute time is the calibration's wall time
+(data checks, strategies, held-out comparison, export, profile write; not the recording). Peak memory is
+the peak RSS of the process that ran one (student, strategy) for every user, which imports only what that
+strategy needs (an upper bound for one calibration).
+
+Writes ``OUT/calibration_bench.json`` and ``OUT/calibration_bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("emgkey.calibration_bench")
+
+NOTE = (
+    "SIMULATED DATA: every number here comes from users simulated by emgkey.firmware_sim, not from people. "
+    "Simulated CER is not real-data CER."
+)
+
+
+@dataclass
+class Student:
+    name: str
+    bundle: Path
+    checkpoint: Path | None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Users: calibration recordings and evaluation sessions
+
+
+def prepare_users(args: argparse.Namespace, profile_name: str, work: Path) -> list[dict[str, Any]]:
+    """Simulate each held-out user's calibration recording and evaluation session (saved under ``work``)."""
+    from emgkey.edge_runtime.calib_data import PromptChoice
+    from emgkey.edge_runtime.calib_record import simulated_recording
+    from emgkey.firmware_sim.simulate import simulate_session
+    from emgkey.labels import LabelData
+    from emgkey.profiles import get_profile
+
+    profile = get_profile(profile_name)
+    seconds = max(args.seconds)
+    users = []
+    for i in range(args.users):
+        uid = args.first_user + i
+        choice = PromptChoice(seed=args.seed)
+        calib_prompts = choice.choose(choice.enough_for(seconds), salt=f"user{uid}")
+        rec = simulated_recording(profile, uid, seconds, calib_prompts, session=0, seed=args.population_seed)
+        used = {pid for pid, _ in calib_prompts}
+        extra = PromptChoice(seed=args.seed + 1).choose(choice.enough_for(args.eval_seconds) + len(used), f"e{uid}")
+        eval_prompts = [t for pid, t in extra if pid not in used]
+        sess = simulate_session(profile, uid, 1, args.eval_seconds / 60.0, args.population_seed, eval_prompts)
+        target = LabelData.from_keystrokes(sess.keystrokes)
+        calib_path = rec.save(work / f"user{uid}_calib.npz")
+        eval_path = work / f"user{uid}_eval.npz"
+        with open(eval_path, "wb") as f:
+            np.savez_compressed(f, emg=sess.emg_uv(), target=np.array(target.label_str))
+        users.append({"user": uid, "calib": str(calib_path), "eval": str(eval_path), "keys": len(target)})
+    return users
+
+
+def evaluate_deployed(bundle_dir: str | Path, normalization: dict[str, Any] | None, eval_path: str) -> dict[str, Any]:
+    """CER and NLL/key of the evaluation session through the streaming runtime (torch-free)."""
+    from emgkey import charset
+    from emgkey.bundle import load_bundle
+    from emgkey.edge_runtime.calib_ctc import nll_per_char
+    from emgkey.edge_runtime.calibrate import open_deployed_engine
+    from emgkey.edge_runtime.recognizer import Recognizer, decode_samples, make_decoder_factory
+    from emgkey.metrics import edit_counts
+
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    engine, precision = open_deployed_engine(bundle, "int8", "onnx", 1)
+    rec = Recognizer(engine, m.features, make_decoder_factory("greedy"), m, normalization=normalization)
+    with np.load(eval_path) as z:
+        emg, target = z["emg"], str(z["target"])
+    emissions, final = decode_samples(rec, emg, [round(m.profile.sample_rate_hz)])  # 1 s blocks, as a device
+    labels = np.asarray(charset.str_to_labels(target), dtype=np.int64)
+    return {
+        "cer": round(edit_counts(final.raw, target).cer, 3),
+        "nll": round(nll_per_char([(emissions, labels)]), 4),
+        "precision": precision,
+    }
+
+
+def evaluate_torch(model: Any, feature_cfg: Any, eval_path: str) -> dict[str, float]:
+    """The same metrics for a torch model (the from-scratch comparison), offline over the whole session."""
+    import torch
+
+    from emgkey import charset
+    from emgkey.decoding import greedy_decode
+    from emgkey.edge_runtime.calib_ctc import nll_per_char
+    from emgkey.features import compute_features
+    from emgkey.metrics import edit_counts
+
+    with np.load(eval_path) as z:
+        emg, target = z["emg"], str(z["target"])
+    x = torch.from_numpy(compute_features(emg, feature_cfg)[:, None])
+    with torch.no_grad():
+        lp = model.eval()(x)[:, 0].numpy()
+    labels = np.asarray(charset.str_to_labels(target), dtype=np.int64)
+    pred = charset.labels_to_str(greedy_decode(lp))
+    return {"cer": round(edit_counts(pred, target).cer, 3), "nll": round(nll_per_char([(lp, labels)]), 4)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One (student, strategy) in its own process
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Every user x duration for one (student, strategy); runs in a fresh (spawned) process."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.basicConfig(level=logging.WARNING)
+    from emgkey.bundle import load_bundle
+    from emgkey.edge_runtime.calib_data import CalibrationDataError, CalibrationRecording, CalibrationSet, DataLimits
+    from emgkey.edge_runtime.calib_run import CalibrationOptions, calibrate_recording
+    from emgkey.errors import EmgkeyError
+
+    strategy = job["strategy"]
+    bundle = load_bundle(job["bundle"])
+    limits = DataLimits(min_fit_s=job["min_fit_s"])
+    ft_cfg = None
+    if strategy in ("finetune", "scratch"):
+        import torch
+
+        torch.set_num_threads(1)
+        from emgkey.train.finetune_calib import FinetuneConfig
+
+        ft_cfg = FinetuneConfig(time_budget_s=job["budget_s"], formats=tuple(job["formats"]) or None)
+    rows = []
+    for u in job["users"]:
+        rec = CalibrationRecording.load(u["calib"])
+        if job["with_before"]:
+            u_before = evaluate_deployed(job["bundle"], None, u["eval"])
+        for seconds in job["seconds"]:
+            row: dict[str, Any] = {"student": job["student"], "strategy": strategy, "user": u["user"]}
+            row["seconds"] = seconds
+            if job["with_before"]:
+                row["before"] = u_before
+            part = rec.head(seconds)
+            try:
+                t0 = time.perf_counter()
+                if strategy == "scratch":
+                    from emgkey.train.checkpoint import load_checkpoint
+                    from emgkey.train.finetune_calib import train_from_scratch
+
+                    cal = CalibrationSet.from_recording(part, bundle.manifest.features, limits)
+                    model_cfg = load_checkpoint(job["checkpoint"])["model_config"]
+                    model, info = train_from_scratch(model_cfg, cal, ft_cfg)
+                    row["compute_s"] = round(time.perf_counter() - t0, 3)
+                    row["after"] = evaluate_torch(model, bundle.manifest.features, u["eval"])
+                    row["info"] = info
+                else:
+                    opts = CalibrationOptions(
+                        strategy=strategy,
+                        limits=limits,
+                        checkpoint=job["checkpoint"],
+                        finetune=ft_cfg,
+                        activate=False,
+                        keep_recording=False,
+                    )
+                    out = calibrate_recording(bundle, f"bench-u{u['user']}-{seconds:g}s", part, opts)
+                    row["compute_s"] = round(out.seconds, 3)
+                    prof = out.profile
+                    row["accepted"] = prof.accepted
+                    row["chosen"] = prof.strategy
+                    row["heldout"] = {"current": out.current, "candidates": out.candidates}
+                    row["after"] = evaluate_deployed(prof.bundle_dir(bundle.root), prof.normalization, u["eval"])
+            except (CalibrationDataError, EmgkeyError) as exc:
+                row["error"] = str(exc)[:300]
+            rows.append(row)
+            log.warning(
+                "%s %s user %s %gs: %s", job["student"], strategy, u["user"], seconds, row.get("error") or row["after"]
+            )
+    return {"rows": rows, "peak_rss_mb": round(_peak_rss_mb(), 1)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training small students when none is given
+
+
+def train_small(args: argparse.Namespace, work: Path) -> list[Student]:
+    """A small simulated population, tiny students trained for a few minutes, ONNX bundles."""
+    data = work / "train_data"
+    py = [sys.executable, "-m", "emgkey.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not (data / "dataset.json").is_file():
+        subprocess.run(
+            [*py, "sim", "dataset", "--profile", args.profile, "--users", str(args.train_users),
+             "--sessions-per-user", "2", "--minutes", "2", "--seed", str(args.population_seed), "--test-users", "2",
+             "--out", str(data)],
+            check=True, env=env,
+        )  # fmt: skip
+    students = []
+    for name in args.students:
+        run = work / f"train_{name}"
+        if not (run / "best.pt").is_file():
+            shutil.rmtree(run, ignore_errors=True)
+            subprocess.run(
+                [*py, "train", "--config", "tiny", "--model", name, "--data", str(data), "--split",
+                 str(data / "splits" / "generic.yaml"), "--out", str(run), "--set", f"epochs={args.train_epochs}",
+                 "--set", "max_steps_per_epoch=50", "--set", "data.batch_size=16", "--set", "optim.lr=1e-2",
+                 "--set", "eval_test=false"],
+                check=True, env=env,
+            )  # fmt: skip
+        bundle = work / f"bundle_{name}"
+        if not (bundle / "manifest.json").is_file():
+            subprocess.run(
+                [*py, "export", "bundle", "--checkpoint", str(run / "best.pt"), "--data", str(data), "--split",
+                 str(data / "splits" / "generic.yaml"), "--out", str(bundle), "--formats", "onnx",
+                 "--window-s", "4", "--max-test-windows", "8", "--force"],
+                check=True, env=env,
+            )  # fmt: skip
+        students.append(Student(f"{name} (tiny)", bundle, run / "best.pt"))
+    return students
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    before: dict[tuple[str, int], dict[str, float]] = {}
+    for r in rows:
+        if "before" in r:
+            before[(r["student"], r["user"])] = r["before"]
+    for r in rows:
+        groups.setdefault((r["student"], r["strategy"], r["seconds"]), []).append(r)
+    out = []
+    order = {"stats": 0, "finetune": 1, "scratch": 2}
+    for (student, strategy, seconds), rs in sorted(groups.items(), key=lambda g: (g[0][0], order[g[0][1]], g[0][2])):
+        ok = [r for r in rs if "after" in r and (r["student"], r["user"]) in before]
+
+        def mean(xs: Sequence[float]) -> float | None:
+            return round(statistics.fmean(xs), 3) if xs else None
+
+        b_cer = [before[(r["student"], r["user"])]["cer"] for r in ok]
+        a_cer = [r["after"]["cer"] for r in ok]
+        d_cer = [r["after"]["cer"] if r.get("accepted", True) else b for r, b in zip(ok, b_cer)]
+        rel = [(b - a) / b for b, a in zip(b_cer, a_cer) if b > 0]
+        out.append(
+            {
+                "student": student,
+                "strategy": strategy,
+                "seconds": seconds,
+                "users": len(rs),
+                "failed": len(rs) - len(ok),
+                "errors": sorted({r["error"][:80] for r in rs if "error" in r}),
+                "cer_before": mean(b_cer),
+                "cer_after": mean(a_cer),
+                "cer_deployed": mean(d_cer),
+                "cer_reduction_mean": mean(rel),
+                "nll_before": mean([before[(r["student"], r["user"])]["nll"] for r in ok]),
+                "nll_after": mean([r["after"]["nll"] for r in ok]),
+                "accepted": sum(bool(r.get("accepted")) for r in ok) if strategy != "scratch" else None,
+                "compute_s_median": mean([statistics.median([r["compute_s"] for r in ok])]) if ok else None,
+                "compute_s_max": max((r["compute_s"] for r in ok), default=None),
+                "peak_rss_mb": peaks.get((student, strategy)),
+            }
+        )
+    return out
+
+
+def _fmt(x: Any, nd: int = 1) -> str:
+    return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        "# Calibration benchmark",
+        "",
+        f"**{NOTE}**",
+        "",
+        f"{s['users']} held-out simulated users (ids {s['first_user']}..{s['first_user'] + s['users'] - 1}, "
+        f"profile {s['profile']}); calibration on session 0 (first {', '.join(f'{x:g}' for x in s['seconds'])} s of "
+        f"prompted typing), evaluation on session 1 ({s['eval_seconds']:g} s, other prompts). CER in % against the "
+        "keys pressed (greedy, streaming runtime); NLL = CTC negative log-likelihood per key of those keys. "
+        f"'deployed' keeps the base model when the calibration did not beat it on its held-out prompts. "
+        f"Strategy 2 / scratch time budget {s['budget_s']:g} s of training. Machine: {s['machine']}.",
+        "",
+        "| student | strategy | s | users (failed) | CER before | CER after | CER deployed | CER reduction | "
+        "NLL before | NLL after | accepted | compute s (median / max) | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["summary"]:
+        red = r["cer_reduction_mean"]
+        lines.append(
+            f"| {r['student']} | {r['strategy']} | {r['seconds']:g} | {r['users']} ({r['failed']}) | "
+            f"{_fmt(r['cer_before'])} | {_fmt(r['cer_after'])} | {_fmt(r['cer_deployed'])} | "
+            f"{'-' if red is None else f'{100 * red:+.1f}%'} | {_fmt(r['nll_before'], 3)} | "
+            f"{_fmt(r['nll_after'], 3)} | {_fmt(r['accepted'])} | {_fmt(r['compute_s_median'])} / "
+            f"{_fmt(r['compute_s_max'])} | {_fmt(r['peak_rss_mb'], 0)} |"
+        )
+    lines += [
+        "",
+        "Targets (issue 6), at 60 s (vs scratch: CER lower by more than a point, or within a point and lower NLL):",
+    ]
+    for t in result["targets"]:
+        lines.append(f"- {t}")
+    errs = sorted({e for r in result["summary"] for e in r["errors"]})
+    if errs:
+        lines += ["", "Calibrations that failed (counted in 'failed'):"] + [f"- {e}" for e in errs]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def targets(summary: list[dict[str, Any]]) -> list[str]:
+    out = []
+    by = {(r["student"], r["strategy"], r["seconds"]): r for r in summary}
+    for (student, strategy, seconds), r in sorted(by.items()):
+        if seconds != 60 or strategy == "scratch" or r["cer_reduction_mean"] is None:
+            continue
+        scratch = by.get((student, "scratch", 60))
+        red = r["cer_reduction_mean"]
+        verdict = "meets" if red >= 0.4 else "misses"
+        line = f"{student} / {strategy}: CER reduced by {100 * red:.1f}% on average ({verdict} >= 40%)"
+        if scratch and scratch["cer_after"] is not None and r["cer_after"] is not None:
+            # CER differences within a point are noise (at ~100% CER they are a stray key); then NLL decides.
+            diff = r["cer_after"] - scratch["cer_after"]
+            beats = diff < -1.0 or (abs(diff) <= 1.0 and (r["nll_after"] or 0) < (scratch["nll_after"] or 0))
+            line += (
+                f"; vs from scratch: CER {r['cer_after']:.1f} vs {scratch['cer_after']:.1f}, NLL {r['nll_after']:.3f} "
+                f"vs {scratch['nll_after']:.3f} ({'beats' if beats else 'does not beat'} it)"
+            )
+        out.append(line)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m emgkey.benchmarks.calibration_bench",
+        description="CER before/after on-device calibration (15/30/60 s) for held-out simulated users (SIMULATED DATA)",
+    )
+    p.add_argument("--out", required=True, help="output folder (calibration_bench.json / .md, work files)")
+    p.add_argument("--bundle", action="append", default=[], help="a student's bundle (repeatable)")
+    p.add_argument("--checkpoint", action="append", default=[], help="its checkpoint, same order (strategy 2, scratch)")
+    p.add_argument("--strategies", nargs="+", default=["stats", "finetune", "scratch"],
+                   choices=("stats", "finetune", "scratch"))  # fmt: skip
+    p.add_argument("--users", type=int, default=8, help="held-out simulated users (default 8)")
+    p.add_argument("--first-user", type=int, default=1000, help="their ids start here (training uses low ids)")
+    p.add_argument("--seconds", type=float, nargs="+", default=[15.0, 30.0, 60.0], help="calibration lengths")
+    p.add_argument("--eval-seconds", type=float, default=60.0, help="evaluation session per user")
+    p.add_argument("--budget-s", type=float, default=40.0, help="strategy 2 / scratch training time budget")
+    p.add_argument("--formats", default="onnx", help="strategy 2 re-export formats (comma list; '' = the bundle's)")
+    p.add_argument(
+        "--min-fit-seconds", type=float, default=4.0, help="fit data a calibration needs (emgkey calibrate: 8)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="prompt choice")
+    p.add_argument("--population-seed", type=int, default=0, help="simulated population")
+    p.add_argument("--quick", action="store_true", help="2 users, 30 and 60 s, 15 s budgets: a smoke run")
+    small = p.add_argument_group("without --bundle: train small students first")
+    small.add_argument("--students", nargs="+", default=["gru"], help="tiny students to train (gru, tcn, bilstm)")
+    small.add_argument("--profile", default="armband8")
+    small.add_argument("--train-users", type=int, default=12)
+    small.add_argument("--train-epochs", type=int, default=20)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.users, args.seconds, args.budget_s = 2, [30.0, 60.0], 15.0
+    if args.checkpoint and len(args.checkpoint) != len(args.bundle):
+        p.error("give one --checkpoint per --bundle (or none)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from emgkey.bundle import load_bundle
+
+    out = Path(args.out)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    if args.bundle:
+        ckpts = args.checkpoint or [None] * len(args.bundle)
+        students = []
+        for b, c in zip(args.bundle, ckpts):
+            m = load_bundle(b).manifest
+            students.append(Student(f"{m.model['name']} ({Path(b).name})", Path(b), Path(c) if c else None))
+    else:
+        students = train_small(args, work)
+    profile = load_bundle(students[0].bundle).manifest.profile.name
+    log.info("simulating %d held-out users", args.users)
+    users = prepare_users(args, profile, work)
+    ctx = multiprocessing.get_context("spawn")
+    rows: list[dict[str, Any]] = []
+    peaks: dict[tuple[str, str], float] = {}
+    skipped: list[str] = []
+    for st in students:
+        copy = work / f"bundle_copy_{st.bundle.name}"  # profiles are written next to the bundle: not the original
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(st.bundle, copy, ignore=shutil.ignore_patterns("profiles"))
+        for i, strategy in enumerate(args.strategies):
+            if strategy != "stats" and st.checkpoint is None:
+                skipped.append(f"{st.name} / {strategy}: no checkpoint given")
+                continue
+            job = {
+                "student": st.name,
+                "strategy": strategy,
+                "bundle": str(copy),
+                "checkpoint": str(st.checkpoint) if st.checkpoint else None,
+                "users": users,
+                "seconds": args.seconds,
+                "with_before": i == 0,
+                "min_fit_s": args.min_fit_seconds,
+                "budget_s": args.budget_s,
+                "formats": [f for f in args.formats.split(",") if f],
+            }
+            log.info("%s / %s: %d users x %s s", st.name, strategy, len(users), args.seconds)
+            with ctx.Pool(1) as pool:
+                res = pool.apply(run_job, (job,))
+            rows += res["rows"]
+            peaks[(st.name, strategy)] = res["peak_rss_mb"]
+    summary = summarize(rows, peaks)
+    result = {
+        "note": NOTE,
+        "data": "simulated",
+        "settings": {
+            "users": args.users,
+            "first_user": args.first_user,
+            "profile": profile,
+            "seconds": args.seconds,
+            "eval_seconds": args.eval_seconds,
+            "budget_s": args.budget_s,
+            "strategies": args.strategies,
+            "students": [{"name": s.name, "bundle": str(s.bundle), "checkpoint": str(s.checkpoint)} for s in students],
+            "machine": f"{os.cpu_count()} CPU cores (shared), 1 thread per calibration",
+            "population_seed": args.population_seed,
+        },
+        "summary": summary,
+        "targets": targets(summary),
+        "skipped": skipped,
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    (out / "calibration_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "calibration_bench.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
