@@ -130,6 +130,15 @@ class WindowedSession:
         return self._session
 
     def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        emg, labels, _ = self.item(idx)
+        return emg, labels
+
+    def item(self, idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(emg (T, n_bands, C) µV, labels (L,) int32, label_samples (L,) int64)``.
+
+        ``label_samples[i]`` is the row of ``emg`` at which key ``i`` was pressed (from the
+        keylogger's press time), so training can use the alignment the data set records.
+        """
         if not 0 <= idx < len(self):
             raise IndexError(f"window {idx} out of range for {len(self)} windows of {self.path}")
         session = self._open()
@@ -150,8 +159,13 @@ class WindowedSession:
         times = rows[SessionFile.TIMESTAMPS]  # (T,)
         start_t = float(times[offset - window_start])
         end_t = float(times[offset + self.window_length - 1 - window_start])
-        labels = session.ground_truth(start_t, end_t).labels  # (L,) int32
-        return emg, labels
+        truth = session.ground_truth(start_t, end_t)
+        labels = truth.labels  # (L,) int32
+        if truth.timestamps is not None and len(truth.timestamps) == len(labels):
+            label_samples = np.searchsorted(times, np.asarray(truth.timestamps, dtype=np.float64)).astype(np.int64)
+        else:  # no press times recorded: alignment unknown
+            label_samples = np.full(len(labels), -1, dtype=np.int64)
+        return emg, labels, label_samples  # (T, n_bands, C), (L,), (L,)
 
     def close(self) -> None:
         if self._session is not None:

@@ -132,6 +132,13 @@ class OptimConfig:
     warmup_epochs: float = 1.0  # cosine: linear warm-up length
     min_lr: float = 1e-6  # cosine: floor
     grad_clip: float | None = 1.0  # max global grad norm (0.7-1.0 in the 8-channel report); None: off
+    # Alignment warm-up: loss = (1 - a) * CTC + a * frame-wise cross-entropy at the keylogger's press times
+    # (key on the first frame that sees the press, blank away from presses), with a = align_weight annealed
+    # linearly to 0 by `align_until` (fraction of all steps). On small CPU budgets CTC alone sits on its
+    # all-blank plateau for thousands of steps; press times are in every emg2qwerty session file, so this
+    # costs no extra data. 0: plain CTC (the default; emg2qwerty's recipe).
+    align_weight: float = 0.0
+    align_until: float = 0.5
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -142,6 +149,8 @@ class OptimConfig:
         assert self.div_factor >= 1 and self.final_div_factor >= 1, "onecycle div factors must be >= 1"
         assert self.warmup_epochs >= 0 and self.min_lr >= 0, "optim.warmup_epochs and min_lr must be >= 0"
         assert self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip must be positive or null"
+        assert 0 <= self.align_weight <= 1, "optim.align_weight must be in [0, 1]"
+        assert 0 < self.align_until <= 1, "optim.align_until must be in (0, 1]"
 
 
 @dataclass

@@ -121,7 +121,7 @@ class EmgFeatureDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.indices = list(range(len(windows))) if indices is None else list(indices)
-        self._cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._cache: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def random(self) -> bool:
@@ -134,7 +134,13 @@ class EmgFeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(features (F, n_bands, C, n_freq), labels (L,), label_frames (L,))``.
+
+        ``label_frames[i]``: the first feature frame whose window holds key ``i``'s press
+        (-1: unknown). Augmentations that change the length (band jitter's crop, time warp)
+        rescale the positions, so they are exact without them and within the crop with them.
+        """
         if self._cache is not None:
             return self._cache[i]
         idx = self.indices[i]
@@ -143,18 +149,25 @@ class EmgFeatureDataset(Dataset):
         session: WindowedSession = self.windows.sessions[k]
         if self.jitter:
             session.set_rng(rng)  # the window offset is drawn from this window's own generator
-        emg, labels = session[j]  # (T, n_bands, C) µV, (L,) int32
+        emg, labels, label_samples = session.item(j)  # (T, n_bands, C) µV, (L,) int32, (L,) int64
+        n_raw = emg.shape[0]
         emg = self.raw_transform(emg, rng)  # (T', n_bands, C)
+        scale = emg.shape[0] / max(n_raw, 1)
         feats = compute_features(emg, self.feature_cfg)  # (F, n_bands, C, n_freq)
+        n_feat = feats.shape[0]
         feats = self.feature_transform(feats, rng)  # (F', n_bands, C, n_freq)
-        return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)), torch.from_numpy(
-            labels.astype(np.int64)
+        scale *= feats.shape[0] / max(n_feat, 1)
+        frames = label_frames(label_samples, self.feature_cfg, scale, feats.shape[0])  # (L,)
+        return (
+            torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
+            torch.from_numpy(labels.astype(np.int64)),
+            torch.from_numpy(frames),
         )
 
     def precompute(self, max_mb: float) -> bool:
         """Fill the cache if the features fit in ``max_mb``; returns whether they did."""
         assert not self.random, "only deterministic (evaluation) datasets can be cached"
-        items: list[tuple[torch.Tensor, torch.Tensor]] = []
+        items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         total = 0.0
         for i in range(len(self)):
             item = self[i]
@@ -168,6 +181,19 @@ class EmgFeatureDataset(Dataset):
 
     def close(self) -> None:
         self.windows.close()
+
+
+def label_frames(label_samples: np.ndarray, feature_cfg: FeatureConfig, scale: float, n_frames: int) -> np.ndarray:
+    """Press rows (L,) -> the first feature frame that sees each press (L,) int64; -1 stays -1.
+
+    Frame ``f`` covers samples ``[f * hop, f * hop + n_fft)`` (``center=False``), so the first
+    frame holding sample ``s`` ends there: ``f = ceil((s - n_fft + 1) / hop)``.
+    """
+    known = label_samples >= 0
+    s = np.round(label_samples.astype(np.float64) * scale)
+    f = np.ceil((s - feature_cfg.n_fft + 1) / feature_cfg.hop)
+    f = np.clip(f, 0, max(n_frames - 1, 0)).astype(np.int64)
+    return np.where(known & (n_frames > 0), f, -1).astype(np.int64)
 
 
 def build_dataset(
@@ -211,24 +237,31 @@ class Batch:
     input_lengths: torch.Tensor  # (N,) int64 frames
     targets: torch.Tensor  # (N, L_max) int64, padded with the blank
     target_lengths: torch.Tensor  # (N,) int64
+    label_frames: torch.Tensor | None = None  # (N, L_max) int64 feature frame of each press, -1: unknown/padding
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self._tensors()))
+        return Batch(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in self._tensors()))
 
     def pin_memory(self) -> Batch:
-        return Batch(*(t.pin_memory() for t in self._tensors()))
+        return Batch(*(None if t is None else t.pin_memory() for t in self._tensors()))
 
-    def _tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.inputs, self.input_lengths, self.targets, self.target_lengths)
+    def _tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.inputs, self.input_lengths, self.targets, self.target_lengths, self.label_frames)
 
     def __len__(self) -> int:
         return int(self.input_lengths.shape[0])
 
 
-def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
-    """Pad a list of ``(features (T, ...), labels (L,))`` into one time-first ``Batch``."""
-    feats = [f for f, _ in items]
-    labels = [y for _, y in items]
+def collate(items: Sequence[tuple[torch.Tensor, ...]]) -> Batch:
+    """Pad ``(features (T, ...), labels (L,)[, label_frames (L,)])`` items into one time-first ``Batch``."""
+    feats = [it[0] for it in items]
+    labels = [it[1] for it in items]
+    frames: torch.Tensor | None = None
+    if items and all(len(it) > 2 for it in items):
+        frames = pad_sequence([it[2] for it in items], batch_first=True, padding_value=-1)  # (N, L_max)
+        if frames.ndim == 1:
+            frames = frames.reshape(len(items), 0)
+        frames = frames.to(torch.int64)
     inputs = pad_sequence(feats, batch_first=False)  # (T_max, N, n_bands, C, n_freq)
     targets = pad_sequence(labels, batch_first=True, padding_value=charset.BLANK)  # (N, L_max)
     if targets.ndim == 1:  # every label sequence empty
@@ -238,6 +271,7 @@ def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
         input_lengths=torch.tensor([f.shape[0] for f in feats], dtype=torch.int64),
         targets=targets.to(torch.int64),
         target_lengths=torch.tensor([y.shape[0] for y in labels], dtype=torch.int64),
+        label_frames=frames,
     )
 
 

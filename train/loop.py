@@ -126,6 +126,55 @@ def _per_item_loss(model: nn.Module, batch: Batch, ctc: nn.CTCLoss) -> tuple[tor
     return loss / batch.target_lengths.clamp(min=1), log_probs, emission_lengths
 
 
+def alignment_loss(
+    log_probs: torch.Tensor,
+    emission_lengths: torch.Tensor,
+    input_lengths: torch.Tensor,
+    label_frames: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    stride: int,
+    guard: int = 2,
+) -> torch.Tensor:
+    """Frame-wise CE from press times: (T_out, N, C) log-probs -> scalar.
+
+    Each known press puts its key on the first output frame that sees the press frame
+    (a valid convolution's context and the stride are derived from the lengths); frames
+    more than ``guard`` frames from any press should be blank. Key frames and blank frames
+    are averaged separately and summed, so a window's few keys weigh as much as its blanks.
+    """
+    T_out, N, _ = log_probs.shape
+    dev = log_probs.device
+    context = (input_lengths - (emission_lengths - 1) * stride - 1).clamp(min=0)  # (N,) input frames before out 0
+    L = targets.shape[1]
+    valid = (label_frames >= 0) & (torch.arange(L, device=dev)[None, :] < target_lengths[:, None])  # (N, L)
+    out_idx = torch.div(label_frames - context[:, None] + stride - 1, stride, rounding_mode="floor")  # (N, L)
+    out_idx = torch.minimum(out_idx.clamp(min=0), (emission_lengths - 1).clamp(min=0)[:, None])
+    frame_ok = torch.arange(T_out, device=dev)[:, None] < emission_lengths[None, :]  # (T_out, N)
+    lp = log_probs.float()
+    n_idx = torch.arange(N, device=dev)[:, None].expand(N, L)
+    key_terms = -lp[out_idx[valid], n_idx[valid], targets[valid]]  # (K,)
+    # blank where no press is within `guard` output frames
+    near = torch.zeros(T_out + 2 * guard + 1, N, dtype=torch.bool, device=dev)
+    for d in range(2 * guard + 1):
+        near[out_idx[valid] + d, n_idx[valid]] = True
+    far = frame_ok & ~near[guard : guard + T_out]  # (T_out, N)
+    has_known = valid.any(dim=1) | (target_lengths == 0)  # windows whose presses are all known (or none)
+    far = far & has_known[None, :]
+    blank_terms = -lp[..., charset.BLANK][far]  # (B,)
+    key = key_terms.mean() if key_terms.numel() else lp.new_zeros(())
+    blank = blank_terms.mean() if blank_terms.numel() else lp.new_zeros(())
+    return key + blank
+
+
+def align_weight_at(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """``align_weight`` annealed linearly to 0 at ``align_until`` of the run."""
+    if cfg.align_weight <= 0:
+        return 0.0
+    end = max(1.0, cfg.align_until * total_steps)
+    return cfg.align_weight * max(0.0, 1.0 - step / end)
+
+
 def resolve_device(name: str, info: DistInfo) -> torch.device:
     use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
     if name == "cuda" and not torch.cuda.is_available():
@@ -150,9 +199,13 @@ def train_one_epoch(
     info: DistInfo,
     epoch: int,
     max_steps: int,
+    total_steps: int | None = None,
 ) -> dict[str, float]:
+    """One epoch of CTC (+ the annealed alignment warm-up, ``optim.align_weight``)."""
     model.train()
     ctc = ctc_loss_fn()
+    total_steps = total_steps if total_steps is not None else max_steps * cfg.epochs
+    align_sum = 0.0
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, items, skipped, steps = 0.0, 0, 0, 0
     bar = tqdm(total=max_steps, desc=f"epoch {epoch}", disable=not (cfg.progress and info.is_main), leave=False)
@@ -160,8 +213,21 @@ def train_one_epoch(
         if steps >= max_steps:
             break
         batch = batch.to(device, non_blocking=True)
-        loss_items, _, _ = _per_item_loss(model, batch, ctc)  # (N,)
+        loss_items, log_probs, emission_lengths = _per_item_loss(model, batch, ctc)  # (N,)
         loss = loss_items.mean()  # as CTCLoss(reduction="mean")
+        w_align = align_weight_at(cfg.optim, epoch * max_steps + steps, total_steps)
+        if w_align > 0 and batch.label_frames is not None:
+            align = alignment_loss(
+                log_probs,
+                emission_lengths,
+                batch.input_lengths,
+                batch.label_frames,
+                batch.targets,
+                batch.target_lengths,
+                unwrap(model).stride,
+            )
+            loss = (1.0 - w_align) * loss + w_align * align  # crossfade: CTC alone collapses to blank first
+            align_sum += float(align.detach()) * len(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
@@ -178,7 +244,8 @@ def train_one_epoch(
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     bar.close()
-    loss_sum, items, skipped = distributed.all_reduce_sum([loss_sum, items, skipped], info, device)
+    totals = distributed.all_reduce_sum([loss_sum, items, skipped, align_sum], info, device)
+    loss_sum, items, skipped, align_sum = totals
     if skipped:
         log.warning("epoch %d: %d steps skipped for non-finite gradients", epoch, int(skipped))
     return {
@@ -186,6 +253,7 @@ def train_one_epoch(
         "train_windows": int(items),
         "steps": steps,
         "skipped_steps": int(skipped),
+        "align_loss": align_sum / max(items, 1),
     }
 
 
