@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emgkey import demo_pipeline
 from emgkey.atomic import atomic_write_text
 
 SIMULATED = "SIMULATED DATA"
@@ -32,11 +33,19 @@ class DemoConfig:
     seed: int = 0
     workers: int = 2
     profiles: tuple[str, ...] = ("emg2qwerty", "armband8")
+    student_epochs: int = 6
+    teacher_epochs: int = 4
+    stream_minutes: float = 1.0
+    calibration_seconds: float = 60.0
+    stages: tuple[str, ...] = ()  # empty: all, in order
 
     def __post_init__(self) -> None:
         assert self.users >= 2, "the generic split needs at least one training and one held-out user"
         assert self.sessions_per_user >= 2, "held-out users need a training and a test session"
         assert self.minutes > 0, "minutes must be positive"
+        assert "armband8" in self.profiles, "the demo's device is armband8: keep it in profiles"
+        unknown = set(self.stages) - {name for name, _ in STAGES}
+        assert not unknown, f"unknown demo stages {sorted(unknown)}; known: {[n for n, _ in STAGES]}"
 
 
 @dataclass
@@ -98,6 +107,12 @@ Stage = tuple[str, Callable[[DemoContext], None]]
 STAGES: tuple[Stage, ...] = (
     ("simulate", stage_simulate),
     ("realism", stage_realism),
+    ("train", demo_pipeline.stage_train),
+    ("distill", demo_pipeline.stage_distill),
+    ("export", demo_pipeline.stage_export),
+    ("stream", demo_pipeline.stage_stream),
+    ("calibrate", demo_pipeline.stage_calibrate),
+    ("bench", demo_pipeline.stage_bench),
 )
 
 
@@ -116,8 +131,47 @@ def _print_summary(ctx: DemoContext) -> None:
             f"{r['median_frequency_hz']} Hz, key-ID proxy personalized {kp.get('personalized')} vs generic "
             f"{kp.get('generic')} (chance {kp.get('chance')}) -> {r['report']}"
         )
+    _print_models(ctx)
     print("  stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in ctx.timings_s.items()))
     print(f"  summary: {ctx.path('demo_summary.json')}")
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{float(x):.1f}%"
+
+
+def _print_models(ctx: DemoContext) -> None:
+    r = ctx.results
+    for role, t in r.get("train", {}).items():
+        print(
+            f"  train    {role:<11} {t['model']:<9} val CER {_pct(t['best_val_cer'])}, held-out-user test CER "
+            f"{_pct(t['test_cer'])} ({t['wall_s'] or 0:.0f} s) -> {t['run']}"
+        )
+    if "distill" in r:
+        d = r["distill"]
+        print(f"  distill  student     gru       val CER {_pct(d['best_val_cer'])}, test CER {_pct(d['test_cer'])}")
+    if "export" in r:
+        e = r["export"]
+        files = ", ".join(
+            f"{f['path']} {f['bytes'] / 1024:.0f} KiB [{'/'.join(f['verified_on']) or 'unverified'}]"
+            for f in e["files"]
+        )
+        print(f"  export   {e['bundle']}: {files}")
+    if "stream" in r:
+        s = r["stream"]
+        print(
+            f"  stream   new user over a pty: {s['typed_keys']} keys typed, {s['decoded_keys']} decoded, "
+            f"CER {_pct(s['cer'])}; decoded: {s['decoded_head']!r}"
+        )
+    if "calibrate" in r:
+        c = r["calibrate"]
+        before, after = c.get("heldout_before") or {}, c.get("heldout_after") or {}
+        print(
+            f"  calibrate {c.get('strategy')}: held-out prompts CER {_pct(before.get('cer'))} -> "
+            f"{_pct(after.get('cer'))}, activated {c.get('activated')} ({c.get('reason')})"
+        )
+    if "bench" in r:
+        print(f"  report   {r['bench']['report']} ({len(r['bench']['plots'])} plots)")
 
 
 def run_demo(cfg: DemoConfig, stages: tuple[Stage, ...] = STAGES) -> DemoContext:
@@ -125,15 +179,22 @@ def run_demo(cfg: DemoConfig, stages: tuple[Stage, ...] = STAGES) -> DemoContext
 
     ctx = DemoContext(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(stages, desc="emgkey demo", unit="stage")
-    for name, fn in bar:
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        fn(ctx)
-        ctx.timings_s[name] = time.perf_counter() - t0
-    summary = {"simulated": True, "note": SIMULATED, "config": {**asdict(cfg), "out": str(cfg.out)}}
-    summary |= {"results": ctx.results, "stage_seconds": ctx.timings_s}
-    atomic_write_text(ctx.path("demo_summary.json"), json.dumps(summary, indent=2) + "\n")
+    previous = ctx.path("demo_summary.json")
+    if cfg.stages and previous.exists():  # a partial rerun builds on the stages already run
+        ctx.results = json.loads(previous.read_text()).get("results", {})
+    chosen = tuple((n, f) for n, f in stages if not cfg.stages or n in cfg.stages)
+    bar = tqdm(chosen, desc="emgkey demo", unit="stage")
+    try:
+        for name, fn in bar:
+            bar.set_postfix_str(name)
+            tqdm.write(f"== demo stage: {name}")
+            t0 = time.perf_counter()
+            fn(ctx)
+            ctx.timings_s[name] = time.perf_counter() - t0
+    finally:
+        summary = {"simulated": True, "note": SIMULATED, "config": {**asdict(cfg), "out": str(cfg.out)}}
+        summary |= {"results": ctx.results, "stage_seconds": ctx.timings_s}
+        atomic_write_text(ctx.path("demo_summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
     _print_summary(ctx)
     return ctx
 
@@ -146,6 +207,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=DemoConfig.minutes)
     p.add_argument("--seed", type=int, default=DemoConfig.seed)
     p.add_argument("--workers", type=int, default=DemoConfig.workers)
+    p.add_argument("--student-epochs", type=int, default=DemoConfig.student_epochs)
+    p.add_argument("--teacher-epochs", type=int, default=DemoConfig.teacher_epochs)
+    names = ",".join(n for n, _ in STAGES)
+    p.add_argument("--stages", default="", help=f"comma list of stages to run (default all): {names}")
     p.set_defaults(func=_run)
 
 
@@ -157,6 +222,9 @@ def _run(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         seed=args.seed,
         workers=args.workers,
+        student_epochs=args.student_epochs,
+        teacher_epochs=args.teacher_epochs,
+        stages=tuple(x for x in args.stages.split(",") if x),
     )
     run_demo(cfg)
     return 0

@@ -165,7 +165,7 @@ def load_windows(
     feats, targets = [], []
     try:
         for i in range(len(ds)):
-            x, y = ds[i]
+            x, y = ds[i][:2]
             if x.shape[0] == 0:
                 continue
             feats.append(x.numpy()[:, None])  # (T, 1, bands, C, freq)

@@ -53,6 +53,8 @@ from emgkey.train.loop import (
     BEST,
     LAST,
     RESULTS_JSON,
+    align_weight_at,
+    alignment_loss,
     ctc_loss_fn,
     evaluate,
     make_optimizer,
@@ -151,18 +153,33 @@ def distill_loss(
     dcfg: DistillConfig,
     alignment: TeacherAlignment,
     ctc: nn.CTCLoss,
+    align_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
+    """``(1 - alpha) * task + alpha * KD``; the task term is CTC, crossfaded with the press-time alignment
+    loss while ``align_weight`` > 0 (the trainer's warm-up, ``optim.align_weight``)."""
     log_probs = student(batch.inputs, batch.input_lengths)  # (T_s, N, K)
     s_len = student.output_lengths(batch.input_lengths).clamp(max=log_probs.shape[0])
     ctc_items = ctc(log_probs.float(), batch.targets, s_len, batch.target_lengths) / batch.target_lengths.clamp(min=1)
     ctc_term = ctc_items.mean()
+    task = ctc_term
+    if align_weight > 0 and batch.label_frames is not None:
+        align = alignment_loss(
+            log_probs,
+            s_len,
+            batch.input_lengths,
+            batch.label_frames,
+            batch.targets,
+            batch.target_lengths,
+            student.stride,
+        )
+        task = (1.0 - align_weight) * ctc_term + align_weight * align
     with torch.no_grad():
         t_lp = teacher(batch.inputs, batch.input_lengths)
         t_len = teacher.output_lengths(batch.input_lengths).clamp(max=t_lp.shape[0])
     lookahead = student.lookahead_frames if isinstance(student, StreamingModel) else 0
     aligned, mask = align_teacher(t_lp, t_len, log_probs.shape[0], s_len, alignment, lookahead)
     kd = kd_loss(log_probs, aligned, mask, dcfg.temperature)
-    loss = (1.0 - dcfg.alpha) * ctc_term + dcfg.alpha * kd
+    loss = (1.0 - dcfg.alpha) * task + dcfg.alpha * kd
     return loss, {"ctc": float(ctc_term.detach()), "kd": float(kd.detach()), "kd_frames": float(mask.sum())}
 
 
@@ -181,6 +198,8 @@ def distill(
     if (out_dir / LAST).is_file():
         raise ConfigError(f"{out_dir} already holds a run; choose another --out")
     t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # as the trainer: OpenMP spinning on a shared 2-core box costs 10x
     tk = load_checkpoint(teacher_ckpt)
     split = SplitPaths.resolve(data_root, split_file)
     profile = split.profile
@@ -226,7 +245,8 @@ def distill(
             if step >= steps:
                 break
             batch = batch.to(dev)
-            loss, parts = distill_loss(student, teacher, batch, dcfg, alignment, ctc)
+            w_align = align_weight_at(cfg.optim, epoch * steps + step, steps * cfg.epochs)
+            loss, parts = distill_loss(student, teacher, batch, dcfg, alignment, ctc, w_align)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip is not None:

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=1.0)
     p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True, help="pace at the sample rate")
+    p.add_argument(
+        "--speed", type=float, default=None, help="with --no-realtime: acquire at most this many x real time"
+    )
     p.add_argument("--faults", default="", help="fault spec, e.g. 'bitflip=1e-4,drop=1e-4,stall=0.01'")
     p.add_argument("--link-file", default=None, help="write the pty path here once it is open")
     p.set_defaults(func=_stream)

@@ -377,6 +377,7 @@ class SerialHost:
 def run_stream_cli(args: argparse.Namespace) -> int:
     """Stream one simulated user's session on a pty until the recording ends or SIGINT/SIGTERM."""
     from emgkey.atomic import atomic_write_text
+    from emgkey.firmware_sim.firmware import PacedSource, SampleSource
     from emgkey.firmware_sim.simulate import simulate_session
     from emgkey.profiles import get_profile
 
@@ -384,9 +385,13 @@ def run_stream_cli(args: argparse.Namespace) -> int:
     spec = FaultSpec.parse(args.faults or "", seed=args.seed)
     session = simulate_session(profile, user_id=args.user, session_idx=0, minutes=args.minutes, seed=args.seed)
     injector = FaultInjector(spec) if spec.active else None
+    speed = getattr(args, "speed", None)
+    source: SampleSource = ArraySource(session.emg)
+    if speed is not None and not args.realtime:  # faster than life, but a host can keep up as it reads
+        source = PacedSource(source, profile.sample_rate_hz, speed)
     firmware = ArmbandFirmware(
         profile,
-        ArraySource(session.emg),
+        source,
         FirmwareConfig(clock_ppm=spec.drift_ppm, seed=args.seed),
         drop_hook=injector.drop_packet if injector is not None else None,
     )

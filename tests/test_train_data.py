@@ -42,7 +42,7 @@ def test_items_are_the_device_features_of_the_windows(dataset):
     raw = WindowedDataset.from_paths(sp.paths["val"], window_config(cfg.data, "val"))
     assert len(ds) == len(raw) > 0
     for i in (0, len(ds) - 1):
-        feats, labels = ds[i]
+        feats, labels = ds[i][:2]
         emg, want_labels = raw[i]
         assert feats.dtype == torch.float32 and labels.dtype == torch.int64
         np.testing.assert_array_equal(feats.numpy(), compute_features(emg, fcfg))  # the very device front end
@@ -56,7 +56,7 @@ def test_whole_session_evaluation(dataset):
     fcfg = FeatureConfig.for_profile(sp.profile)
     ds = build_dataset(sp.paths["test"], "test", _cfg(**{"data.test_window_s": "null"}), sp.profile, fcfg)
     assert len(ds) == len(sp.paths["test"])  # one item per session
-    feats, labels = ds[0]
+    feats, labels = ds[0][:2]
     assert feats.shape[0] == fcfg.n_frames(int(8.0 * sp.profile.sample_rate_hz))
     assert len(labels) > 10
 

@@ -95,7 +95,7 @@ def window_config(data: DataConfig, subset: str) -> WindowConfig:
 
 
 class EmgFeatureDataset(Dataset):
-    """Windows of sessions as model inputs: ``ds[i] -> (features (T, n_bands, C, n_freq), labels (L,))``.
+    """Windows of sessions as model inputs: ``ds[i] -> (features (T, n_bands, C, n_freq), labels (L,), frames (L,))``.
 
     ``raw_transform`` runs on microvolts before ``compute_features`` and
     ``feature_transform`` after; both are identity for evaluation. With
