@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emgkey.atomic import atomic_write_text
+from emgkey.atomic import atomic_write_text, fsync_dir
 from emgkey.bundle import Bundle, Manifest, load_bundle
 from emgkey.errors import EmgkeyError
 
@@ -193,7 +193,7 @@ class ProfileStore:
             atomic_write_text(staging / PROFILE_JSON, json.dumps(profile.to_dict(), indent=2) + "\n")
             final = self.root / profile.id
             os.rename(staging, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             profile.path = final
             self._event(
                 "calibrated" if profile.accepted else "rejected",
@@ -311,15 +311,6 @@ class ProfileStore:
             self._write_pointer(target.id if target is not None else None, stack)
             self._event("rolled_back", profile=ptr["active"], now_active=target.id if target is not None else None)
         return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def open_for_run(bundle: Bundle, user: str, profile_id: str | None = None) -> tuple[Bundle, Profile | None]:

@@ -54,7 +54,7 @@ from emgkey.train.loop import (
     LAST,
     RESULTS_JSON,
     align_weight_at,
-    alignment_loss,
+    batch_alignment_loss,
     ctc_loss_fn,
     evaluate,
     make_optimizer,
@@ -163,15 +163,7 @@ def distill_loss(
     ctc_term = ctc_items.mean()
     task = ctc_term
     if align_weight > 0 and batch.label_frames is not None:
-        align = alignment_loss(
-            log_probs,
-            s_len,
-            batch.input_lengths,
-            batch.label_frames,
-            batch.targets,
-            batch.target_lengths,
-            student.stride,
-        )
+        align = batch_alignment_loss(student, log_probs, s_len, batch)
         task = (1.0 - align_weight) * ctc_term + align_weight * align
     with torch.no_grad():
         t_lp = teacher(batch.inputs, batch.input_lengths)

@@ -167,6 +167,22 @@ def alignment_loss(
     return key + blank
 
 
+def batch_alignment_loss(
+    model: nn.Module, log_probs: torch.Tensor, emission_lengths: torch.Tensor, batch: Batch
+) -> torch.Tensor:
+    """``alignment_loss`` of a batch that carries press frames (``Batch.label_frames``)."""
+    assert batch.label_frames is not None, "the batch has no press times (label_frames)"
+    return alignment_loss(
+        log_probs,
+        emission_lengths,
+        batch.input_lengths,
+        batch.label_frames,
+        batch.targets,
+        batch.target_lengths,
+        unwrap(model).stride,
+    )
+
+
 def align_weight_at(cfg: OptimConfig, step: int, total_steps: int) -> float:
     """``align_weight`` annealed linearly to 0 at ``align_until`` of the run."""
     if cfg.align_weight <= 0:
@@ -217,15 +233,7 @@ def train_one_epoch(
         loss = loss_items.mean()  # as CTCLoss(reduction="mean")
         w_align = align_weight_at(cfg.optim, epoch * max_steps + steps, total_steps)
         if w_align > 0 and batch.label_frames is not None:
-            align = alignment_loss(
-                log_probs,
-                emission_lengths,
-                batch.input_lengths,
-                batch.label_frames,
-                batch.targets,
-                batch.target_lengths,
-                unwrap(model).stride,
-            )
+            align = batch_alignment_loss(model, log_probs, emission_lengths, batch)
             loss = (1.0 - w_align) * loss + w_align * align  # crossfade: CTC alone collapses to blank first
             align_sum += float(align.detach()) * len(batch)
         optimizer.zero_grad(set_to_none=True)
