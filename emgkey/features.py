@@ -73,14 +73,17 @@ class FeatureConfig:
     def for_profile(cls, profile: DeviceProfile, kind: FeatureKind = "logspec") -> FeatureConfig:
         """Defaults per device: emg2qwerty's 64/16 at 2 kHz (32 ms windows, 125 Hz frames).
 
-        At 200 Hz the same 32 ms would be ~6 samples, too few for a spectrum; 16-sample
-        windows (80 ms) with a 2-sample hop (100 Hz frames) keep a frame rate near
-        emg2qwerty's so CTC has room for fast typing (~10 keys/s).
+        At 200 Hz the same 32 ms would be ~6 samples, too few for a spectrum: 16-sample
+        windows (80 ms) with a 4-sample hop (50 Hz frames, 5 frames per key even at 10 keys/s,
+        room enough for CTC's blanks). Measured on 36 min of simulated armband8 typing (GRU,
+        batch 8, alignment warm-up, one core): validation CER 66 % after 1000 steps at 50 Hz vs
+        78 % at 100 Hz (2-sample hop), with each step about half the compute, and half the
+        device's per-second compute too.
         """
         if profile.sample_rate_hz >= 1000:
             n_fft, hop, n_mels = 64, 16, 24
         else:
-            n_fft, hop, n_mels = 16, 2, 8
+            n_fft, hop, n_mels = 16, 4, 8
         return cls(
             kind=kind,
             n_fft=n_fft,

@@ -68,7 +68,7 @@ def default_config(
 
     Input geometry comes from the profile (bands, electrodes) and the features
     (bins); time spans chosen in seconds (chunks, look-ahead, TDS kernels) are
-    converted at the feature frame rate, so armband8's 100 Hz frames get the
+    converted at the feature frame rate, so armband8's 50 Hz frames get the
     same latency as emg2qwerty's 125 Hz. ``size="tiny"`` gives a few-thousand-
     parameter version for CI.
     """
@@ -77,7 +77,7 @@ def default_config(
     profile = get_profile(profile_name) if isinstance(profile_name, str) else profile_name
     feature_cfg = feature_cfg if feature_cfg is not None else FeatureConfig.for_profile(profile)
     geometry = {"n_bands": profile.n_bands, "channels": profile.channels_per_band, "n_freq": feature_cfg.n_freq}
-    chunk = _frames(feature_cfg, 0.064)  # 8 frames at 125 Hz, 6 at 100 Hz
+    chunk = _frames(feature_cfg, 0.064)  # 8 frames at 125 Hz, 3 at 50 Hz
 
     sized: dict[str, Any]
     if name == "gru":
