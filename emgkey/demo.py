@@ -27,14 +27,15 @@ SIMULATED = "SIMULATED DATA"
 @dataclass(frozen=True)
 class DemoConfig:
     out: Path
-    users: int = 6
+    users: int = 8
     sessions_per_user: int = 3
-    minutes: float = 0.5
+    minutes: float = 1.5
     seed: int = 0
     workers: int = 2
     profiles: tuple[str, ...] = ("emg2qwerty", "armband8")
-    student_epochs: int = 6
-    teacher_epochs: int = 4
+    student_epochs: int = 30  # ~1000 steps of batch 8: enough to leave CTC's blank plateau (docs/training.md)
+    teacher_epochs: int = 8
+    distill_epochs: int = 6
     stream_minutes: float = 1.0
     calibration_seconds: float = 60.0
     stages: tuple[str, ...] = ()  # empty: all, in order
@@ -209,6 +210,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=DemoConfig.workers)
     p.add_argument("--student-epochs", type=int, default=DemoConfig.student_epochs)
     p.add_argument("--teacher-epochs", type=int, default=DemoConfig.teacher_epochs)
+    p.add_argument("--distill-epochs", type=int, default=DemoConfig.distill_epochs)
     names = ",".join(n for n, _ in STAGES)
     p.add_argument("--stages", default="", help=f"comma list of stages to run (default all): {names}")
     p.set_defaults(func=_run)
@@ -224,6 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         student_epochs=args.student_epochs,
         teacher_epochs=args.teacher_epochs,
+        distill_epochs=args.distill_epochs,
         stages=tuple(x for x in args.stages.split(",") if x),
     )
     run_demo(cfg)

@@ -94,7 +94,7 @@ def stage_distill(ctx: DemoContext) -> None:
     out = ctx.path("runs", "student_distilled")
     teacher = ctx.path("runs", "teacher", "best.pt")
     args = ["export", "distill", "--teacher", str(teacher), "--student", "gru", "--data", str(data)]
-    args += ["--split", str(split), "--out", str(out), "--config", "demo", "--set", f"epochs={ctx.cfg.student_epochs}"]
+    args += ["--split", str(split), "--out", str(out), "--config", "demo", "--set", f"epochs={ctx.cfg.distill_epochs}"]
     run_cmd(ctx, "distill", args)
     ctx.results["distill"] = _train_summary(out)
 
