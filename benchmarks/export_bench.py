@@ -248,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--size", choices=("tiny", "default"), default=None, help="model size preset")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps per epoch (0: all)")
+    parser.add_argument("--config", default=None, help="training config (default: tiny, or bench with --big)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -264,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale["size"] = args.size
     if args.max_steps is not None:
         scale["max_steps"] = args.max_steps or None
+    if args.config:
+        scale["config"] = args.config
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     datasets = dict(d.split("=", 1) for d in args.data)
