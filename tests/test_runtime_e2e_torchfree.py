@@ -167,9 +167,10 @@ def test_serial_stream_decodes_like_the_bundle_in_process(venv: Path, bundle: Pa
     st = run.final_status
     assert st is not None
     n = session.n_samples
-    frames = 1 + (n - 16) // 2  # armband8 features: n_fft 16, hop 2
+    feats = load_bundle(bundle).manifest.features  # the bundle's own front end (armband8: n_fft 16, hop 4)
+    frames = 1 + (n - feats.n_fft) // feats.hop
     assert (st["samples"], st["stream_time_s"], st["frames"], st["emissions"]) == (n, n / 200.0, frames, frames)
-    assert st["chunks"] == -(-frames // 6)
+    assert st["chunks"] == -(-frames // load_bundle(bundle).manifest.streaming.chunk_frames)
     assert st["gaps"] == st["dropped_packets"] == st["crc_errors"] == st["samples_missing"] == 0
     assert st["buffer_dropped"] == st["reconnects"] == 0
     assert st["model_ms_p50"] > 0 and st["e2e_ms_p99"] >= st["model_ms_p99"]
