@@ -11,7 +11,8 @@ A jump in the file's timestamps larger than 1.5 sample periods is a gap in the
 recording: it is reported as ``GapEvent(reason="timestamps")`` of
 ``round(dt * rate) - 1`` samples rather than glued. A non-finite sample means a
 corrupt file: the default ``nonfinite=raise`` (``SessionFile`` itself raises
-``SessionFileError`` naming the file and row). ``start=`` / ``stop=`` replay a
+``SessionFileError`` naming the file and row); ``nonfinite=drop`` turns such rows into
+``GapEvent(reason="invalid")`` instead, as the other sources do. ``start=`` / ``stop=`` replay a
 row range. The file's ground truth is exposed (``keystrokes``, ``prompts``,
 ``session`` for ``ground_truth(t0, t1)``, ``time_of(index)``).
 """
@@ -141,7 +142,10 @@ class ReplaySource(PacedSource):
         b = min(stop, a + max(1, math.ceil(self.block_s * f.sample_rate_hz)))
         if a >= b:
             return
-        rows = f.read_raw(a, b)  # (n,) structured; checked finite and monotonic by SessionFile
+        # Times are always checked (finite, monotonic); samples too unless NaN rows are to become gaps, which
+        # the source's validator does after this read (nonfinite=drop).
+        drop = self.buffer_config.nonfinite is NonFinitePolicy.DROP
+        rows = f.read_raw(a, b, check_finite=not drop)  # (n,) structured
         emg = f.rows_to_emg(rows)  # (n, n_bands, C) float32 uV
         t = np.asarray(rows[SessionFile.TIMESTAMPS], dtype=np.float64)  # (n,)
         self._pos = b

@@ -248,11 +248,12 @@ class SessionFile:
             self._timestamps = ts
         return self._timestamps
 
-    def read_raw(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    def read_raw(self, start: int | None = None, stop: int | None = None, check_finite: bool = True) -> np.ndarray:
         """Rows ``[start, stop)`` as stored (structured array), with slice semantics for the bounds.
 
-        Only these rows are read. Their times must be finite and monotonic and
-        their samples finite, else ``SessionFileError``.
+        Only these rows are read. Their times must be finite and monotonic and (unless
+        ``check_finite=False``, for a reader that handles bad samples itself, such as the
+        replay source with ``nonfinite=drop``) their samples finite, else ``SessionFileError``.
         """
         self._require_open()
         a, b, _ = slice(start, stop).indices(self._n)
@@ -260,7 +261,7 @@ class SessionFile:
         with self._h5_errors(f"reading rows {a}:{b}"):
             rows = self._ds[a:b]  # (n,) structured
         self._check_times(rows[self.TIMESTAMPS], a)
-        if self._profile.sample_format == "float32":
+        if check_finite and self._profile.sample_format == "float32":
             for name in self.band_fields:
                 finite = np.isfinite(rows[name]).all(axis=1)  # (n,)
                 if not finite.all():

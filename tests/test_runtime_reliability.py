@@ -55,6 +55,11 @@ SPP = ARMBAND8.samples_per_packet
 FEATURES = FeatureConfig.for_profile(ARMBAND8)
 MARGIN = FEATURES.n_fft + 4 * FEATURES.hop  # samples around a burst a gap may not touch: window + 3-frame memory
 SPEED = 10.0  # the device streams at 10x real time (a minute of signal in 6 s)
+# What an unplug may take with it: what the device sent that the host had not read yet. The test notices the
+# device reaching the unplug sample every 50 ms and the host reads as the scheduler lets it, so on a loaded
+# 2-core box that is a fraction of a second of device time (seen: 350 samples = 0.18 s at 10x; 20 packets, the
+# old bound, failed now and then). 0.5 s of device time still catches a host that resyncs late or loses more.
+IN_FLIGHT = int(0.5 * RATE * SPEED)
 
 
 @pytest.fixture(scope="module")
@@ -252,13 +257,14 @@ def test_faults_keep_decoding_and_clean_parts_match_a_clean_run(
 
     # Resync within one packet: every packet missing was damaged, dropped by the device, sent while the link
     # was down, or lost to the unplug: in flight when the port vanished, or sent before the host had it open
-    # again (opening a port flushes its input) -- one gap, starting at most 20 packets before the unplug.
+    # again (opening a port flushes its input) -- one gap, starting at most IN_FLIGHT samples before the unplug.
     down = set(range(20 * RATE, 21 * RATE, SPP))
     unexplained = bad.missing_packets - bad.damaged - bad.dropped - down
     assert bad.damaged and bad.dropped
     u = bad.unplugged_at
-    at_unplug = [(a, b) for a, b in bad.gaps if a <= u <= b]
-    assert len(at_unplug) <= 1 and all(a >= u - 20 * SPP and b - a <= 2 * RATE for a, b in at_unplug)
+    # the runner may finish the packet it was writing when it is stopped, so the gap can start a packet after u
+    at_unplug = [(a, b) for a, b in bad.gaps if a <= u + 2 * SPP and b >= u]
+    assert len(at_unplug) <= 1 and all(a >= u - IN_FLIGHT and b - a <= 2 * RATE for a, b in at_unplug), at_unplug
     assert all(any(a <= s < b for a, b in at_unplug) for s in unexplained), f"lost {sorted(unexplained)}, unplug {u}"
 
     # Clean parts: same CER as the clean run on the same keys (both 0 here with a perfect oracle).
@@ -378,11 +384,6 @@ def test_nan_in_a_recording_is_refused_with_a_clear_message(nan_recording: tuple
     assert rec.target.startswith(decoded) and len(decoded) >= sum(e < 1900 for _, _, e in rec.keys) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SessionFile.read_raw refuses a NaN row before the replay source's validator can drop it; "
-    "replay://...?nonfinite=drop needs read_raw(check_finite=False) in emgkey/session.py",
-)
 def test_nan_in_a_recording_can_be_dropped_as_a_gap(
     nan_recording: tuple[Path, Path, KeyedRecording], tmp_path: Path
 ) -> None:
