@@ -666,7 +666,7 @@ def draw_plots(results: Sequence[dict[str, Any]], out: Path) -> dict[str, str]:
             devices = ", ".join(f"{r['_label']} ({device_style[i % len(device_style)]})" for i, r in enumerate(results))
         else:
             devices = results[0]["_label"]
-        fig.suptitle(f"Model compute per chunk, 1 thread: latency CDF on {devices}", fontsize=10)
+        fig.suptitle(f"Model compute per chunk, 1 thread\nlatency CDF on {devices}", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / "latency_cdf.png", dpi=100)
         plt.close(fig)
