@@ -284,12 +284,9 @@ def build_student_bundles(
     import torch
 
     from emgkey.export.bundle_writer import BundleOptions, write_bundle
-    from emgkey.features import FeatureConfig
     from emgkey.firmware_sim.dataset import simulate_dataset
     from emgkey.profiles import get_profile
-    from emgkey.train.checkpoint import save_checkpoint
-    from emgkey.train.config import load_config
-    from emgkey.train.models import build_model, default_config
+    from emgkey.train.checkpoint import save_untrained_checkpoint
 
     torch.set_num_threads(1)
     prof = get_profile(profile)
@@ -302,21 +299,7 @@ def build_student_bundles(
     for name in students:
         bundle = out_dir / f"{name}_{profile}_{size}"
         if not (bundle / "manifest.json").exists():
-            torch.manual_seed(seed)
-            feature_cfg = FeatureConfig.for_profile(prof)
-            cfg = load_config("tiny", [f"model={name}", "data.test_window_s=2.0", "data.val_window_s=2.0"])
-            model_cfg = default_config(name, prof, feature_cfg, size=size).to_dict()
-            ckpt = save_checkpoint(
-                out_dir / f"{name}_{profile}_{size}.pt",
-                model=build_model(model_cfg),
-                model_config=model_cfg,
-                feature_config=feature_cfg,
-                profile=prof,
-                train_config=cfg.to_dict(),
-                epoch=0,
-                best_val_cer=None,
-                best_epoch=0,
-            )
+            ckpt = save_untrained_checkpoint(out_dir / f"{name}_{profile}_{size}.pt", name, prof, size, seed)
             opts = BundleOptions(
                 formats=tuple(formats),
                 onnx_methods=("ort_static", "ort_dynamic"),

@@ -20,12 +20,9 @@ from emgkey.edge_runtime.calib_record import simulated_recording  # noqa: E402
 from emgkey.edge_runtime.calib_run import CalibrationOptions, calibrate_recording  # noqa: E402
 from emgkey.edge_runtime.profile_store import ProfileStore, open_for_run  # noqa: E402
 from emgkey.edge_runtime.recognizer import FeatureNormalization  # noqa: E402
-from emgkey.features import FeatureConfig  # noqa: E402
 from emgkey.profiles import ARMBAND8  # noqa: E402
-from emgkey.train.checkpoint import save_checkpoint  # noqa: E402
-from emgkey.train.config import load_config  # noqa: E402
+from emgkey.train.checkpoint import save_untrained_checkpoint  # noqa: E402
 from emgkey.train.finetune_calib import FinetuneConfig, InputAdapter  # noqa: E402
-from emgkey.train.models import build_model, default_config  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -57,21 +54,7 @@ def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     base = tmp_path_factory.mktemp("real")
     root, split = make_dataset(base / "data", ARMBAND8, seconds=6.0)
-    torch.manual_seed(0)
-    feature_cfg = FeatureConfig.for_profile(ARMBAND8)
-    cfg = load_config("tiny", ["data.test_window_s=2.0", "data.val_window_s=2.0"])
-    model_cfg = default_config("gru", ARMBAND8, feature_cfg, size="tiny").to_dict()
-    ckpt = save_checkpoint(
-        base / "best.pt",
-        model=build_model(model_cfg),
-        model_config=model_cfg,
-        feature_config=feature_cfg,
-        profile=ARMBAND8,
-        train_config=cfg.to_dict(),
-        epoch=1,
-        best_val_cer=None,
-        best_epoch=0,
-    )
+    ckpt = save_untrained_checkpoint(base / "best.pt", "gru", ARMBAND8, epoch=1)
     opts = BundleOptions(
         formats=("onnx",),
         onnx_methods=("ort_dynamic",),

@@ -23,11 +23,8 @@ from emgkey.edge_runtime import engines  # noqa: E402
 from emgkey.errors import ConfigError  # noqa: E402
 from emgkey.export import bundle_writer, onnx_export, quantize, verify  # noqa: E402
 from emgkey.export.bundle_writer import BundleOptions, write_bundle  # noqa: E402
-from emgkey.features import FeatureConfig  # noqa: E402
 from emgkey.profiles import ARMBAND8  # noqa: E402
-from emgkey.train.checkpoint import save_checkpoint  # noqa: E402
-from emgkey.train.config import load_config  # noqa: E402
-from emgkey.train.models import build_model, default_config  # noqa: E402
+from emgkey.train.checkpoint import save_untrained_checkpoint  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -43,26 +40,12 @@ FAST = dict(
 
 
 def make_checkpoint(path, name="gru"):
-    torch.manual_seed(0)
-    feature_cfg = FeatureConfig.for_profile(ARMBAND8)
-    cfg = load_config("tiny", [f"model={name}", "data.test_window_s=2.0", "data.val_window_s=2.0"])
-    model_cfg = default_config(name, ARMBAND8, feature_cfg, size="tiny").to_dict()
-    model = build_model(model_cfg)
-    bn = model.front.norm.batch_norm
-    bn.running_mean.normal_(0.0, 0.5)
-    bn.running_var.uniform_(0.5, 2.0)
-    save_checkpoint(
-        path,
-        model=model,
-        model_config=model_cfg,
-        feature_config=feature_cfg,
-        profile=ARMBAND8,
-        train_config=cfg.to_dict(),
-        epoch=1,
-        best_val_cer=None,
-        best_epoch=0,
-    )
-    return path
+    def nontrivial_norm(model):
+        bn = model.front.norm.batch_norm
+        bn.running_mean.normal_(0.0, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+
+    return save_untrained_checkpoint(path, name, ARMBAND8, epoch=1, prepare=nontrivial_norm)
 
 
 @pytest.fixture(scope="module")

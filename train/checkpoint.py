@@ -19,6 +19,7 @@ previous ``last.pt`` intact.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,39 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     """
     ckpt = load_checkpoint(path, map_location)
     return build_from_checkpoint(ckpt), checkpoint_meta(ckpt)
+
+
+def save_untrained_checkpoint(
+    path: str | Path,
+    name: str,
+    profile: DeviceProfile,
+    size: str = "tiny",
+    seed: int = 0,
+    epoch: int = 0,
+    prepare: Callable[[nn.Module], None] | None = None,
+) -> Path:
+    """A random-weight checkpoint of registry model ``name`` for ``profile``'s front end (fixtures, benchmarks).
+
+    ``prepare`` may change the model before it is saved (e.g. non-trivial BatchNorm statistics).
+    """
+    from emgkey.train.config import load_config
+    from emgkey.train.models.registry import build_model, default_config
+
+    torch.manual_seed(seed)
+    feature_cfg = FeatureConfig.for_profile(profile)
+    cfg = load_config("tiny", [f"model={name}", "data.test_window_s=2.0", "data.val_window_s=2.0"])
+    model_cfg = default_config(name, profile, feature_cfg, size=size).to_dict()  # type: ignore[arg-type]
+    model = build_model(model_cfg)
+    if prepare is not None:
+        prepare(model)
+    return save_checkpoint(
+        path,
+        model=model,
+        model_config=model_cfg,
+        feature_config=feature_cfg,
+        profile=profile,
+        train_config=cfg.to_dict(),
+        epoch=epoch,
+        best_val_cer=None,
+        best_epoch=0,
+    )
