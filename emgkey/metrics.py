@@ -55,9 +55,23 @@ class EditCounts:
 
 def edit_counts(prediction: str, target: str) -> EditCounts:
     """Minimum edit distance from ``target`` to ``prediction`` with its operation counts."""
+    return align(prediction, target)[0]
+
+
+def substitution_pairs(prediction: str, target: str) -> list[tuple[str, str]]:
+    """``(target char, predicted char)`` of every substitution in the alignment ``edit_counts`` counts.
+
+    >>> substitution_pairs("tesr", "test")
+    [('t', 'r')]
+    """
+    return align(prediction, target)[1]
+
+
+def align(prediction: str, target: str) -> tuple[EditCounts, list[tuple[str, str]]]:
+    """One minimum-cost alignment: its counts and its substitutions (in target order)."""
     n, m = len(target), len(prediction)
     if n == 0 or m == 0:
-        return EditCounts(insertions=m, deletions=n, target_len=n)
+        return EditCounts(insertions=m, deletions=n, target_len=n), []
     t = np.frombuffer(target.encode("utf-32-le"), dtype=np.uint32)
     p = np.frombuffer(prediction.encode("utf-32-le"), dtype=np.uint32)
     # dist[i, j]: cost of turning target[:i] into prediction[:j]; rows computed vectorised
@@ -74,10 +88,13 @@ def edit_counts(prediction: str, target: str) -> EditCounts:
         # insertion: row[j] = min(row[j], row[j-1] + 1) == min_k<=j (row[k] + j - k)
         dist[i] = np.minimum.accumulate(row - offsets) + offsets
     counts = EditCounts(target_len=n)
+    subs: list[tuple[str, str]] = []
     i, j = n, m
     while i > 0 or j > 0:
         if i > 0 and j > 0 and dist[i, j] == dist[i - 1, j - 1] + (p[j - 1] != t[i - 1]):
-            counts.substitutions += int(p[j - 1] != t[i - 1])
+            if p[j - 1] != t[i - 1]:
+                counts.substitutions += 1
+                subs.append((target[i - 1], prediction[j - 1]))
             i, j = i - 1, j - 1
         elif i > 0 and dist[i, j] == dist[i - 1, j] + 1:
             counts.deletions += 1
@@ -85,7 +102,7 @@ def edit_counts(prediction: str, target: str) -> EditCounts:
         else:
             counts.insertions += 1
             j -= 1
-    return counts
+    return counts, subs[::-1]
 
 
 def cer(prediction: str, target: str) -> float:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from emgkey import charset
 from emgkey.decoding import CTCGreedyDecoder, greedy_decode
-from emgkey.metrics import EditCounts, edit_counts
+from emgkey.metrics import EditCounts, edit_counts, substitution_pairs
 
 
 def _reference_distance(a: str, b: str) -> int:
@@ -29,6 +29,21 @@ def test_hand_made_edit_counts():
     assert (c.substitutions, c.insertions, c.deletions) == (0, 0, 1)
     assert edit_counts("", "abc").cer == 100.0
     assert edit_counts("ab", "").insertions == 2
+
+
+def test_hand_made_substitution_pairs():
+    assert substitution_pairs("sitting", "kitten") == [("k", "s"), ("e", "i")]
+    assert substitution_pairs("tesr", "test") == [("t", "r")]
+    assert substitution_pairs("hllo", "hello") == []  # a deletion is not a confusion
+    assert substitution_pairs("", "abc") == [] and substitution_pairs("abc", "") == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="abc ", max_size=20), st.text(alphabet="abc ", max_size=20))
+def test_substitution_pairs_are_the_counted_substitutions(pred, target):
+    pairs = substitution_pairs(pred, target)
+    assert len(pairs) == edit_counts(pred, target).substitutions
+    assert all(a != b and a in target and b in pred for a, b in pairs)
 
 
 @settings(max_examples=200, deadline=None)

@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from emgkey.atomic import atomic_write_text
 from emgkey.decoding import greedy_decode
 from emgkey.errors import ConfigError
 from emgkey.features import FeatureConfig
-from emgkey.metrics import EditCounts, edit_counts
+from emgkey.metrics import EditCounts, align
 from emgkey.profiles import DeviceProfile
 from emgkey.train import distributed
 from emgkey.train.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint, unwrap
@@ -63,6 +64,7 @@ BEST = "best.pt"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 RESULTS_JSON = "results.json"
+MAX_CONFUSIONS = 50  # substitution pairs kept in eval results
 CONFIG_YAML = "config.yaml"
 
 # Settings that may differ when resuming: they change where and how fast the run goes, not what it computes.
@@ -277,12 +279,15 @@ def evaluate(
     """CTC loss and greedy-decoded CER (ins/del/sub) over a loader, summed over ranks.
 
     Decoding uses ``emgkey.decoding.greedy_decode`` on each window's valid
-    emissions, the same decoder the device runs.
+    emissions, the same decoder the device runs. ``substitutions`` lists the
+    most frequent ``[target, predicted, count]`` of this rank's alignments
+    (which keys the model confuses).
     """
     info = info or DistInfo()
     model.eval()
     ctc = ctc_loss_fn()
     counts = EditCounts()
+    confusions: Counter[tuple[str, str]] = Counter()
     loss_sum, items = 0.0, 0
     example: dict[str, str] = {}
     for batch in tqdm(loader, desc=desc, disable=not (progress and info.is_main), leave=False):
@@ -294,7 +299,9 @@ def evaluate(
         for n in range(len(batch)):
             pred = charset.labels_to_str(greedy_decode(emissions[:, n], int(lengths[n])))
             target = charset.labels_to_str(batch.targets[n, : int(batch.target_lengths[n])].tolist())
-            counts = counts + edit_counts(pred, target)
+            item_counts, subs = align(pred, target)
+            counts = counts + item_counts
+            confusions.update(subs)
             if not example and target:
                 example = {"prediction": pred, "target": target}
     sums = distributed.all_reduce_sum(
@@ -303,6 +310,7 @@ def evaluate(
     total = EditCounts(*(round(x) for x in sums[2:]))
     out: dict[str, Any] = {"loss": sums[0] / max(sums[1], 1), "windows": int(sums[1]), **total.as_dict()}
     out["example"] = example
+    out["substitutions"] = [[a, b, n] for (a, b), n in confusions.most_common(MAX_CONFUSIONS)]
     return out
 
 
@@ -546,7 +554,7 @@ def _train(
                 cfg.progress,
                 "val",
             )
-            row.update({f"val_{k}": v for k, v in val.items() if k != "example"})
+            row.update({f"val_{k}": v for k, v in val.items() if k not in ("example", "substitutions")})
         row["epoch_time_s"] = time.perf_counter() - t0
         elapsed = state.wall_time_s + time.perf_counter() - session_start
         row["wall_time_s"] = elapsed

@@ -1,0 +1,50 @@
+"""The training benchmark's bookkeeping: confused key pairs by finger, and the fact checks (hand-made rows)."""
+
+from __future__ import annotations
+
+from emgkey.benchmarks.train_bench import check_facts, confusion_summary
+
+
+def test_confusions_fold_case_and_order_and_mark_same_finger():
+    subs = [["r", "t", 3], ["T", "r", 2], ["a", "l", 1], [" ", "e", 9], ["e", "e", 4]]
+    c = confusion_summary(subs)
+    top = c["top"]
+    assert top[0]["keys"] == ("r", "t") and top[0]["count"] == 5 and top[0]["same_finger"]  # left index
+    assert top[1]["keys"] == ("a", "l") and not top[1]["same_finger"]  # left pinky vs right ring
+    assert len(top) == 2, "space and identical pairs are not confusions"
+    assert c["same_finger_fraction"] == 0.5
+    assert 0.05 < c["chance_fraction_letters"] < 0.2
+
+
+def _row(profile, model, cer, role="student", **kw):
+    return {
+        "profile": profile,
+        "model": model,
+        "role": role,
+        "generic_test_cer": cer,
+        "confusions": confusion_summary([]),
+        **kw,
+    }
+
+
+def test_facts_pass_and_fail_on_hand_made_rows():
+    rows = [
+        _row("armband8", "gru", 70.0, generic_cer_same_sessions=70.0, personalized_cer=40.0),
+        _row("emg2qwerty", "gru", 60.0),
+    ]
+    facts = {f["fact"].split(" (")[0]: f["holds"] for f in check_facts(rows)}
+    assert facts["generic model on unseen users far worse than personalized"] is True
+    assert facts["armband8"] is True
+    assert facts["students learn"] is True
+    assert facts["teachers beat students"] is None  # not measured, not claimed
+
+    rows = [
+        _row("armband8", "gru", 95.0, generic_cer_same_sessions=70.0, personalized_cer=65.0),
+        _row("emg2qwerty", "gru", 96.0),
+        _row("armband8", "tds_conv", 97.0, role="teacher"),
+    ]
+    facts = {f["fact"].split(" (")[0]: f["holds"] for f in check_facts(rows)}
+    assert facts["generic model on unseen users far worse than personalized"] is False
+    assert facts["armband8"] is False
+    assert facts["students learn"] is False
+    assert facts["teachers beat students"] is False
