@@ -91,13 +91,12 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, log_dir: Path) -> dict[str, float]:
-    """Run ``jobs`` ``workers`` at a time in dependency order; returns wall seconds per job."""
+def run_jobs(jobs: Sequence[Job], workers: int, log_dir: Path) -> None:
+    """Run ``jobs`` ``workers`` at a time in dependency order (a job whose output exists is skipped)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     done = {j.name for j in jobs if j.out.is_file()}
     pending = [j for j in jobs if j.name not in done]
     running: dict[str, tuple[subprocess.Popen[bytes], float, Any]] = {}
-    walls: dict[str, float] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     while pending or running:
         for name, (proc, t0, fh) in list(running.items()):
@@ -105,13 +104,12 @@ def run_jobs(jobs: Sequence[Job], workers: int, log_dir: Path) -> dict[str, floa
                 continue
             fh.close()
             del running[name]
-            walls[name] = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise RuntimeError(
                     f"{name} exited {proc.returncode}; see {log_dir / (name.replace('/', '_') + '.log')}"
                 )
             done.add(name)
-            print(f"[train_bench] done {name} in {walls[name]:.0f} s", flush=True)
+            print(f"[train_bench] done {name} in {time.perf_counter() - t0:.0f} s", flush=True)
         for job in list(pending):
             if len(running) >= workers:
                 break
@@ -127,7 +125,6 @@ def run_jobs(jobs: Sequence[Job], workers: int, log_dir: Path) -> dict[str, floa
         if pending and not running:
             raise RuntimeError(f"jobs whose dependencies never ran: {[j.name for j in pending]}")
         time.sleep(1.0)
-    return walls
 
 
 def _finger(ch: str) -> str | None:
@@ -166,15 +163,16 @@ def confusion_summary(substitutions: Sequence[Sequence[Any]], top: int = TOP_PAI
 
 
 def _complexity(ckpt: Path) -> dict[str, Any]:
+    from emgkey.features import FeatureConfig
     from emgkey.train.checkpoint import build_from_checkpoint, load_checkpoint
     from emgkey.train.models.complexity import measure
 
     c = load_checkpoint(ckpt)
-    m = measure(build_from_checkpoint(c), float(c["feature_config"]["sample_rate_hz"]) / c["feature_config"]["hop"])
+    m = measure(build_from_checkpoint(c), FeatureConfig.from_dict(c["feature_config"]).frame_rate_hz)
     return {"params": m.params, "macs_per_s": m.macs_per_second}
 
 
-def collect(args: argparse.Namespace, walls: dict[str, float]) -> dict[str, Any]:
+def collect(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
     for profile in args.profiles:
@@ -203,7 +201,7 @@ def collect(args: argparse.Namespace, walls: dict[str, float]) -> dict[str, Any]
                 row["generic_cer_same_sessions"] = sum(p["generic_cer"] for p in per_user) / len(per_user)
                 row["personalized_cer"] = sum(p["personalized_cer"] for p in per_user) / len(per_user)
             rows.append(row)
-    return {"rows": rows, "facts": check_facts(rows), "config": {k: v for k, v in vars(args).items()}}
+    return {"rows": rows, "facts": check_facts(rows), "config": dict(vars(args))}
 
 
 def check_facts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -324,8 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
     jobs = plan_jobs(args)
-    walls = run_jobs(jobs, args.workers, Path(args.out) / "logs")
-    doc = collect(args, walls)
+    run_jobs(jobs, args.workers, Path(args.out) / "logs")
+    doc = collect(args)
     out = Path(args.out)
     atomic_write_text(out / "train_bench.json", json.dumps(doc, indent=2, default=str) + "\n")
     atomic_write_text(out / "train_bench.md", render(doc))

@@ -61,6 +61,7 @@ from emgkey.train.loop import (
     make_scheduler,
     model_config_for,
     resolve_device,
+    val_fields,
 )
 from emgkey.train.models.common import CTCModel, StreamingModel
 from emgkey.train.models.registry import build_model
@@ -255,7 +256,7 @@ def distill(
         row: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}}
         if val_ds is not None:
             val = evaluate(student, make_loader(val_ds, eval_batch_size(cfg.data, "val"), False, 0), dev)
-            row.update({f"val_{k}": v for k, v in val.items() if k != "example"})
+            row.update(val_fields(val))
         row["epoch_time_s"] = time.perf_counter() - t0
         improved = val_ds is None or best_cer is None or row["val_cer"] < best_cer
         if improved:

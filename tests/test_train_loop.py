@@ -15,7 +15,7 @@ from emgkey.features import FeatureConfig
 from emgkey.profiles import EMG2QWERTY, DeviceProfile
 from emgkey.train.checkpoint import load_checkpoint, load_model
 from emgkey.train.config import OptimConfig, load_config
-from emgkey.train.loop import make_optimizer, make_scheduler, train
+from emgkey.train.loop import make_optimizer, make_scheduler, train, val_fields
 
 TINY = ["epochs=2", "device=cpu", "data.max_train_windows=4", "data.max_eval_windows=2"]
 
@@ -181,3 +181,8 @@ def test_print_config(capsys):
         == 0
     )
     assert "model: tcn" in capsys.readouterr().out
+
+
+def test_epoch_rows_take_only_scalars_from_evaluate():
+    val = {"cer": 50.0, "loss": 1.5, "example": {"prediction": "a", "target": "b"}, "substitutions": [["b", "a", 1]]}
+    assert val_fields(val) == {"val_cer": 50.0, "val_loss": 1.5}

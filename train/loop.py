@@ -314,6 +314,11 @@ def evaluate(
     return out
 
 
+def val_fields(val: dict[str, Any]) -> dict[str, Any]:
+    """``evaluate``'s scalars as ``val_*`` columns of an epoch row (its example and confusion list stay out)."""
+    return {f"val_{k}": v for k, v in val.items() if k not in ("example", "substitutions")}
+
+
 # ---- metrics files -------------------------------------------------------------------------------
 
 
@@ -554,7 +559,7 @@ def _train(
                 cfg.progress,
                 "val",
             )
-            row.update({f"val_{k}": v for k, v in val.items() if k not in ("example", "substitutions")})
+            row.update(val_fields(val))
         row["epoch_time_s"] = time.perf_counter() - t0
         elapsed = state.wall_time_s + time.perf_counter() - session_start
         row["wall_time_s"] = elapsed
