@@ -173,11 +173,16 @@ def _complexity(ckpt: Path) -> dict[str, Any]:
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:
+    """Rows for every (profile, model) whose generic run finished; the others are listed as not run."""
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
+    not_run: list[str] = []
     for profile in args.profiles:
         for model in args.models:
             run = out / "runs" / profile / model
+            if not (run / "generic" / "results.json").is_file():
+                not_run.append(f"{profile}/{model}")
+                continue
             gen = json.loads((run / "generic" / "results.json").read_text())
             row: dict[str, Any] = {
                 "profile": profile,
@@ -201,7 +206,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 row["generic_cer_same_sessions"] = sum(p["generic_cer"] for p in per_user) / len(per_user)
                 row["personalized_cer"] = sum(p["personalized_cer"] for p in per_user) / len(per_user)
             rows.append(row)
-    return {"rows": rows, "facts": check_facts(rows), "config": dict(vars(args))}
+    return {"rows": rows, "facts": check_facts(rows), "not_run": not_run, "config": dict(vars(args))}
 
 
 def check_facts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -286,6 +291,8 @@ def render(doc: dict[str, Any]) -> str:
             f"| {r['profile']} | {r['model']} | {r['role']} | {r['params']:,} | {r['macs_per_s'] / 1e6:.1f}M | "
             f"{r['train_wall_s']:.0f} | {r['generic_test_cer']:.1f} | {g} | {p} |"
         )
+    if doc.get("not_run"):
+        lines += ["", f"Not run (no finished generic run): {', '.join(doc['not_run'])}."]
     lines += [
         "",
         "## Facts of the real data, checked on the simulator",
@@ -320,9 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--personal-lr", type=float, default=3e-4)
     ap.add_argument("--teacher-size", default="default")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="run nothing: tabulate the finished runs under --out (e.g. after "
+        "benchmarking profiles with different --models into one --out)",
+    )
     args = ap.parse_args(argv)
-    jobs = plan_jobs(args)
-    run_jobs(jobs, args.workers, Path(args.out) / "logs")
+    if not args.collect_only:
+        run_jobs(plan_jobs(args), args.workers, Path(args.out) / "logs")
     doc = collect(args)
     out = Path(args.out)
     atomic_write_text(out / "train_bench.json", json.dumps(doc, indent=2, default=str) + "\n")

@@ -201,6 +201,21 @@ def test_tds_conv_default_matches_emg2qwerty_size():
     assert model.receptive_field == 1 + 4 * 31
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_small_teachers_sit_between_students_and_defaults(profile):
+    # "small" is the CPU-sized teacher: more parameters than the biggest student, a fraction of the default.
+    biggest_student = max(count_params(build_model(default_config(n, profile))) for n in ("gru", "bilstm", "tcn"))
+    for name in ("tds_conv", "transformer"):
+        small = count_params(build_model(default_config(name, profile, size="small")))
+        default = count_params(build_model(default_config(name, profile)))
+        assert small < default / 4, f"{name} small has {small:,} params vs default {default:,}"
+        assert small > biggest_student, f"{name} small {small:,} vs the biggest student {biggest_student:,}"
+    # students have no small preset: it is their default
+    assert default_config("gru", profile, size="small") == default_config("gru", profile)
+    with pytest.raises(AssertionError, match="size must be one of"):
+        default_config("gru", profile, size="huge")  # type: ignore[arg-type]
+
+
 def test_macs_match_hand_count_for_gru():
     model = _tiny("gru")
     c = model.config

@@ -36,6 +36,34 @@ def test_a_press_maps_to_the_first_frame_whose_window_holds_it():
     assert label_frames(np.array([99]), CFG, 0.5, 100).tolist() == label_frames(np.array([50]), CFG, 1.0, 100).tolist()
 
 
+def test_a_delay_moves_the_key_to_the_first_frame_that_sees_that_much_past_the_press():
+    rows = np.array([0, 15, 99, -1])
+    delayed = label_frames(rows, CFG, 1.0, 100, delay_samples=4).tolist()
+    assert delayed[:3] == label_frames(rows[:3] + 4, CFG, 1.0, 100).tolist() == [0, 2, 44]
+    assert label_frames(rows, CFG, 1.0, 100, delay_samples=4)[-1] == -1, "unknown presses stay unknown"
+    assert OptimConfig().align_delay_s == pytest.approx(0.06)
+    with pytest.raises(AssertionError, match="align_delay_s"):
+        OptimConfig(align_delay_s=-0.01)
+
+
+def test_the_trainers_datasets_take_the_delay_from_the_config(tmp_path):
+    from emgkey.train.data import SplitPaths, build_dataset
+
+    root, split_file = make_dataset(tmp_path, EMG2QWERTY, seconds=8.0)
+    split = SplitPaths.resolve(root, split_file)
+    fc = FeatureConfig.for_profile(EMG2QWERTY)
+    frames = {}
+    for delay in (0.0, 0.064):  # 128 samples at 2 kHz = 8 hops of 16
+        cfg = load_config("tiny", [f"optim.align_delay_s={delay}"])
+        ds = build_dataset(split.paths["val"], "val", cfg, EMG2QWERTY, fc)
+        frames[delay] = np.concatenate([ds[i][2].numpy() for i in range(len(ds))])
+    known = frames[0.0] >= 0
+    assert known.any()
+    n = ds[0][0].shape[0]
+    inside = known & (frames[0.0] + 8 < n - 1)  # away from the clip at the window end
+    assert inside.any() and np.all(frames[0.064][inside] == frames[0.0][inside] + 8)
+
+
 def test_label_frames_agree_with_compute_features():
     # a lone impulse at a press row must first show up in the frame label_frames names
     x = np.zeros((400, 1, 1), dtype=np.float32)

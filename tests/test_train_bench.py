@@ -48,3 +48,32 @@ def test_facts_pass_and_fail_on_hand_made_rows():
     assert facts["armband8"] is False
     assert facts["students learn"] is False
     assert facts["teachers beat students"] is False
+
+
+def test_collect_tabulates_finished_runs_and_lists_the_rest(tmp_path):
+    import argparse
+    import json
+
+    import pytest
+
+    pytest.importorskip("torch", reason="reading checkpoints needs torch")
+    from emgkey.benchmarks.train_bench import collect, render
+    from emgkey.profiles import ARMBAND8
+    from emgkey.train.checkpoint import save_untrained_checkpoint
+
+    gen = tmp_path / "runs" / "armband8" / "gru" / "generic"
+    gen.mkdir(parents=True)
+    save_untrained_checkpoint(gen / "best.pt", "gru", ARMBAND8)
+    test = {"cer": 71.5, "ins": 1.0, "del": 60.0, "sub": 10.5, "substitutions": [["r", "t", 2]]}
+    (gen / "results.json").write_text(json.dumps({"wall_time_s": 12.0, "test": test}))
+    args = argparse.Namespace(
+        out=str(tmp_path), profiles=["armband8"], models=["gru", "tds_conv"], epochs=3, data_root="d", config="demo",
+        personal_epochs=2, personal_lr=1e-4, workers=1,
+    )  # fmt: skip
+    doc = collect(args)
+    assert [(r["profile"], r["model"], r["generic_test_cer"]) for r in doc["rows"]] == [("armband8", "gru", 71.5)]
+    assert doc["not_run"] == ["armband8/tds_conv"]
+    assert doc["rows"][0]["params"] > 0 and doc["rows"][0]["confusions"]["top"][0]["same_finger"]
+    md = render(doc)
+    assert "Not run (no finished generic run): armband8/tds_conv." in md
+    assert "| armband8 | gru | student |" in md

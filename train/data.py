@@ -112,8 +112,10 @@ class EmgFeatureDataset(Dataset):
         jitter: bool = False,
         seed: int = 0,
         indices: Sequence[int] | None = None,
+        label_delay_s: float = 0.0,
     ) -> None:
         self.windows = windows
+        self.label_delay = round(label_delay_s * feature_cfg.sample_rate_hz)  # samples past each press
         self.feature_cfg = feature_cfg
         self.raw_transform = raw_transform or Compose()
         self.feature_transform = feature_transform or Compose()
@@ -137,8 +139,8 @@ class EmgFeatureDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(features (F, n_bands, C, n_freq), labels (L,), label_frames (L,))``.
 
-        ``label_frames[i]``: the first feature frame whose window holds key ``i``'s press
-        (-1: unknown). Augmentations that change the length (band jitter's crop, time warp)
+        ``label_frames[i]``: the first feature frame whose window holds key ``i``'s press plus
+        ``label_delay_s`` (-1: unknown). Augmentations that change the length (band jitter's crop, time warp)
         rescale the positions, so they are exact without them and within the crop with them.
         """
         if self._cache is not None:
@@ -157,7 +159,7 @@ class EmgFeatureDataset(Dataset):
         n_feat = feats.shape[0]
         feats = self.feature_transform(feats, rng)  # (F', n_bands, C, n_freq)
         scale *= feats.shape[0] / max(n_feat, 1)
-        frames = label_frames(label_samples, self.feature_cfg, scale, feats.shape[0])  # (L,)
+        frames = label_frames(label_samples, self.feature_cfg, scale, feats.shape[0], self.label_delay)  # (L,)
         return (
             torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
             torch.from_numpy(labels.astype(np.int64)),
@@ -183,14 +185,17 @@ class EmgFeatureDataset(Dataset):
         self.windows.close()
 
 
-def label_frames(label_samples: np.ndarray, feature_cfg: FeatureConfig, scale: float, n_frames: int) -> np.ndarray:
+def label_frames(
+    label_samples: np.ndarray, feature_cfg: FeatureConfig, scale: float, n_frames: int, delay_samples: int = 0
+) -> np.ndarray:
     """Press rows (L,) -> the first feature frame that sees each press (L,) int64; -1 stays -1.
 
     Frame ``f`` covers samples ``[f * hop, f * hop + n_fft)`` (``center=False``), so the first
-    frame holding sample ``s`` ends there: ``f = ceil((s - n_fft + 1) / hop)``.
+    frame holding sample ``s`` ends there: ``f = ceil((s - n_fft + 1) / hop)``. With
+    ``delay_samples`` it is the first frame that sees that many samples past the press.
     """
     known = label_samples >= 0
-    s = np.round(label_samples.astype(np.float64) * scale)
+    s = np.round(label_samples.astype(np.float64) * scale) + delay_samples
     f = np.ceil((s - feature_cfg.n_fft + 1) / feature_cfg.hop)
     f = np.clip(f, 0, max(n_frames - 1, 0)).astype(np.int64)
     return np.where(known & (n_frames > 0), f, -1).astype(np.int64)
@@ -222,6 +227,7 @@ def build_dataset(
         jitter=train and data.jitter,
         seed=cfg.seed,
         indices=indices,
+        label_delay_s=cfg.optim.align_delay_s,
     )
     if not train and data.cache_eval_features:
         ds.precompute(data.cache_max_mb)

@@ -29,7 +29,7 @@ from emgkey.features import FeatureConfig
 from emgkey.profiles import PROFILES, get_profile
 from emgkey.train.models.common import CTCModel
 from emgkey.train.models.gru import ExplicitGRU
-from emgkey.train.models.registry import MODEL_NAMES, Size, build_model, default_config
+from emgkey.train.models.registry import MODEL_NAMES, SIZES, Size, build_model, default_config
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def report(profiles: Iterable[str] = tuple(PROFILES), names: Iterable[str] = MOD
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Parameters and MACs per second of signal for each model.")
-    ap.add_argument("--size", choices=("default", "tiny"), default="default")
+    ap.add_argument("--size", choices=SIZES, default="default")
     ap.add_argument("--profile", action="append", choices=sorted(PROFILES), help="repeatable; default: all")
     args = ap.parse_args(argv)
     print(f"{'profile':<11} {'model':<12} {'params':>10} {'MMAC/s':>9} {'kMAC/frame':>11} {'frames/s':>9}")

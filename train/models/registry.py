@@ -19,7 +19,8 @@ from emgkey.train.models.tcn import TCNConfig, TCNModel
 from emgkey.train.models.tds_conv import TDSConvConfig, TDSConvModel
 from emgkey.train.models.transformer import TransformerConfig, TransformerModel
 
-Size = Literal["default", "tiny"]
+Size = Literal["default", "small", "tiny"]
+SIZES: tuple[str, ...] = ("default", "small", "tiny")
 
 MODELS: dict[str, tuple[type[ModelConfig], type[CTCModel]]] = {
     "gru": (GRUConfig, GRUModel),
@@ -70,10 +71,13 @@ def default_config(
     (bins); time spans chosen in seconds (chunks, look-ahead, TDS kernels) are
     converted at the feature frame rate, so armband8's 50 Hz frames get the
     same latency as emg2qwerty's 125 Hz. ``size="tiny"`` gives a few-thousand-
-    parameter version for CI.
+    parameter version for CI; ``size="small"`` gives the teachers (TDS-Conv,
+    CNN+Transformer) a ~1M-parameter shape that trains on a 2-core CPU in
+    minutes (the defaults, ~5M / ~9M, are 5x slower per step; students have no
+    small preset: their default already is the device size).
     """
     cfg_cls, _ = _lookup(name)
-    assert size in ("default", "tiny"), f"size must be 'default' or 'tiny', not {size!r}"
+    assert size in SIZES, f"size must be one of {SIZES}, not {size!r}"
     profile = get_profile(profile_name) if isinstance(profile_name, str) else profile_name
     feature_cfg = feature_cfg if feature_cfg is not None else FeatureConfig.for_profile(profile)
     geometry = {"n_bands": profile.n_bands, "channels": profile.channels_per_band, "n_freq": feature_cfg.n_freq}
@@ -101,10 +105,14 @@ def default_config(
     elif name == "tds_conv":
         # emg2qwerty's 32-frame kernels are 256 ms; keep the span at other frame rates.
         sized = {"kernel_width": _frames(feature_cfg, 0.256)}
+        if size == "small":
+            sized |= {"mlp_features": (128,), "block_channels": (16, 16, 16, 16)}
         if size == "tiny":
             sized |= {"mlp_features": (8,), "block_channels": (4, 4), "kernel_width": 4}
     else:  # transformer
         sized = {}
+        if size == "small":
+            sized |= {"mlp_features": (128,), "d_model": 160, "num_heads": 4, "num_layers": 3, "ff_features": 640}
         if size == "tiny":
             sized |= {"mlp_features": (8,), "d_model": 16, "num_heads": 2, "num_layers": 1, "ff_features": 32}
     return cfg_cls(**geometry, **sized)
