@@ -5,10 +5,15 @@ with and without distillation, for every student (gru, bilstm, tcn) on every pro
     python -m emgkey.benchmarks.export_bench --out runs/export_bench --big      # default-size models, more data
     python -m emgkey.benchmarks.export_bench --out DIR --profiles armband8 --students gru --no-distill
     python -m emgkey.benchmarks.export_bench --out DIR --size default --epochs 1 --max-steps 3   # real sizes
+    python -m emgkey.benchmarks.export_bench --out DIR --reuse-runs runs/tb --data armband8=runs/tb/data/armband8 \
+        --profiles armband8 --config demo --size default --epochs 24 --teacher transformer --teacher-size small
 
 Per profile: simulate a dataset (``emgkey sim dataset``; ``--data PROFILE=DIR`` uses an existing one),
-train a TDS-Conv teacher (``emgkey.train.loop.train``), then per student train it plainly and by
-distillation (``emgkey.export.distill``) with the same config, and bundle each checkpoint
+train a teacher (``--teacher``, TDS-Conv by default; ``emgkey.train.loop.train``), then per student
+train it plainly and by distillation (``emgkey.export.distill``) with the same config, and bundle each
+checkpoint. With ``--reuse-runs TB`` (a training benchmark's ``--out``), a model that
+``TB/runs/PROFILE/MODEL/generic/best.pt`` already holds is taken from there instead of retrained, so the
+trained students and teacher of ``benchmarks/train_bench.py`` are what gets distilled and exported
 (``emgkey.export.bundle_writer.write_bundle``: int8 method chosen on validation windows, every
 file verified on every installed runtime). From each bundle it reports:
 
@@ -94,12 +99,20 @@ def _overrides(scale: dict[str, Any], model: str) -> list[str]:
     return sets
 
 
-def _train(data: Path, model: str, out: Path, scale: dict[str, Any]) -> Path:
+def _train(
+    data: Path, model: str, out: Path, scale: dict[str, Any], reuse: Path | None = None, size: str | None = None
+) -> Path:
+    """``out/best.pt``, trained unless it exists or ``reuse`` (a training benchmark's run of the same
+    profile: ``TB/runs/PROFILE``) already holds ``MODEL/generic/best.pt``."""
     from emgkey.train.config import load_config
     from emgkey.train.loop import train
 
+    if reuse is not None and (reuse / model / "generic" / "best.pt").is_file():
+        log.info("reusing %s", reuse / model / "generic" / "best.pt")
+        return reuse / model / "generic" / "best.pt"
     if not (out / "best.pt").is_file():
-        train(load_config(scale["config"], _overrides(scale, model)), data, data / "splits" / "generic.yaml", out)
+        sets = _overrides(scale | ({"size": size} if size else {}), model)
+        train(load_config(scale["config"], sets), data, data / "splits" / "generic.yaml", out)
     return out / "best.pt"
 
 
@@ -246,10 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--formats", default="onnx,tflite")
     parser.add_argument("--data", action="append", default=[], metavar="PROFILE=DIR", help="use an existing dataset")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--size", choices=("tiny", "default"), default=None, help="model size preset")
+    parser.add_argument("--size", choices=("tiny", "default"), default=None, help="student size preset")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps per epoch (0: all)")
     parser.add_argument("--config", default=None, help="training config (default: tiny, or bench with --big)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--teacher", choices=("tds_conv", "transformer"), default="tds_conv")
+    parser.add_argument("--teacher-size", choices=("tiny", "small", "default"), default=None, help="default: --size")
+    parser.add_argument("--reuse-runs", default=None, metavar="TB", help="a training benchmark's --out to take "
+                        "trained checkpoints from (TB/runs/PROFILE/MODEL/generic/best.pt)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -278,10 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _simulate(profile, data, scale, args.seed)
         t_sim = time.perf_counter() - t0
         teacher = None
+        reuse = Path(args.reuse_runs) / "runs" / profile if args.reuse_runs else None
         if not args.no_distill:
             t0 = time.perf_counter()
-            teacher = _train(data, "tds_conv", out / "runs" / profile / "teacher_tds_conv", scale)
-            log.info("%s teacher trained in %.0f s", profile, time.perf_counter() - t0)
+            t_run = out / "runs" / profile / f"teacher_{args.teacher}"
+            teacher = _train(data, args.teacher, t_run, scale, reuse, args.teacher_size)
+            log.info("%s teacher %s ready in %.0f s", profile, args.teacher, time.perf_counter() - t0)
         for student in args.students.split(","):
             for distilled in [False] + ([True] if teacher is not None else []):
                 tag = f"{student}{'_kd' if distilled else ''}"
@@ -290,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ckpt = (
                     _distill(teacher, data, student, run, scale)  # type: ignore[arg-type]
                     if distilled
-                    else _train(data, student, run, scale)
+                    else _train(data, student, run, scale, reuse)
                 )
                 t_train = time.perf_counter() - t0
                 t0 = time.perf_counter()

@@ -13,6 +13,9 @@ resumes. Per (profile, model):
 - personalized (models in ``--personalize``): the generic checkpoint fine-tuned on one held-out
   user's own train sessions (``user{i}.yaml``, emg2qwerty's protocol), tested on that user's test
   session; the generic model is evaluated on the same session for the comparison;
+- transfer (models in ``--transfer``, armband8 only): the emg2qwerty generic checkpoint adapted to
+  armband8 (``--init-from``: input layers rebuilt, gradual unfreezing, layer-wise learning rates, as the
+  8-channel report did), same config and epochs as armband8 from scratch, tested on the same users;
 - params, MACs per second of signal, training wall time, and the most confused key pairs with
   whether the same finger types them.
 
@@ -39,6 +42,7 @@ from emgkey.atomic import atomic_write_text
 
 STUDENTS = ("gru", "bilstm", "tcn")
 TEACHERS = ("tds_conv", "transformer")
+TRANSFER_SOURCE, TRANSFER_TARGET = "emg2qwerty", "armband8"
 TOP_PAIRS = 10
 LEARNS_BELOW = 90.0  # "students still learn": greedy CER well below 100 %
 
@@ -75,6 +79,16 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                     run / "generic" / "results.json",
                 )
             )
+            if profile == TRANSFER_TARGET and model in args.transfer:
+                src = out / "runs" / TRANSFER_SOURCE / model / "generic"
+                tr = ["train", "--config", args.config, "--data", str(data), "--split", str(split)]
+                tr += ["--out", str(run / "transfer"), "--init-from", str(src / "best.pt")]
+                tr += ["--set", f"epochs={args.epochs}", "--set", "progress=false", "--set", "threads=1"]
+                tr += ["--set", "transfer.unfreeze_every=3", "--set", "transfer.body_stages=3"]
+                tr += ["--set", "transfer.lr_decay=0.5"]
+                # the source's generic run may belong to an earlier invocation (another --profiles)
+                deps = [] if (src / "results.json").is_file() else [f"{TRANSFER_SOURCE}/{model}/generic"]
+                jobs.append(Job(f"{profile}/{model}/transfer", _emgkey(*tr), run / "transfer" / "results.json", deps))
             if model not in args.personalize:
                 continue
             for user_split in sorted((data / "splits").glob("user*.yaml")):
@@ -195,6 +209,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             row["generic_test_cer"] = gen["test"]["cer"]
             row["generic_test"] = {k: gen["test"][k] for k in ("cer", "ins", "del", "sub")}
             row["confusions"] = confusion_summary(gen["test"].get("substitutions", []))
+            if (run / "transfer" / "results.json").is_file():
+                tr = json.loads((run / "transfer" / "results.json").read_text())
+                row["transfer_test_cer"] = tr["test"]["cer"]
+                row["transfer_wall_s"] = tr.get("wall_time_s")
             per_user = []
             for res in sorted(run.glob("user*/results.json")):
                 u = res.parent.name
@@ -281,16 +299,24 @@ def render(doc: dict[str, Any]) -> str:
         f"{c['personal_lr']}; one torch thread per run, {c['workers']} runs at a time on this machine.",
         "",
         "| profile | model | role | params | MACs/s | train wall s | held-out CER "
-        "| generic on personal test | personalized |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| generic on personal test | personalized | held-out CER, from {TRANSFER_SOURCE} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         g = f"{r['generic_cer_same_sessions']:.1f}" if "personalized_cer" in r else "-"
         p = f"{r['personalized_cer']:.1f}" if "personalized_cer" in r else "-"
+        t = f"{r['transfer_test_cer']:.1f}" if "transfer_test_cer" in r else "-"
         lines.append(
             f"| {r['profile']} | {r['model']} | {r['role']} | {r['params']:,} | {r['macs_per_s'] / 1e6:.1f}M | "
-            f"{r['train_wall_s']:.0f} | {r['generic_test_cer']:.1f} | {g} | {p} |"
+            f"{r['train_wall_s']:.0f} | {r['generic_test_cer']:.1f} | {g} | {p} | {t} |"
         )
+    if any("transfer_test_cer" in r for r in doc["rows"]):
+        lines += [
+            "",
+            f"'from {TRANSFER_SOURCE}': the {TRANSFER_SOURCE} generic checkpoint adapted to {TRANSFER_TARGET} "
+            "(input layers rebuilt, one body stage unfrozen every 3 epochs, lr halved per stage down), "
+            "same config, epochs and test users as the scratch run in 'held-out CER'.",
+        ]
     if doc.get("not_run"):
         lines += ["", f"Not run (no finished generic run): {', '.join(doc['not_run'])}."]
     lines += [
@@ -323,6 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--personalize", type=lambda s: s.split(","), default=["gru", "tcn"])
     ap.add_argument("--config", default="demo")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument(
+        "--transfer",
+        type=lambda s: s.split(","),
+        default=[],
+        help=f"models to also adapt from {TRANSFER_SOURCE}'s "
+        f"generic run to {TRANSFER_TARGET} (needs both profiles' data; the source run may be from an earlier call)",
+    )
     ap.add_argument("--personal-epochs", type=int, default=20)
     ap.add_argument("--personal-lr", type=float, default=3e-4)
     ap.add_argument("--teacher-size", default="default")

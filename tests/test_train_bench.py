@@ -77,3 +77,25 @@ def test_collect_tabulates_finished_runs_and_lists_the_rest(tmp_path):
     md = render(doc)
     assert "Not run (no finished generic run): armband8/tds_conv." in md
     assert "| armband8 | gru | student |" in md
+
+
+def test_transfer_jobs_start_from_the_source_profiles_generic_run(tmp_path):
+    import argparse
+
+    from emgkey.benchmarks.train_bench import plan_jobs
+
+    args = argparse.Namespace(
+        data_root=str(tmp_path / "data"), out=str(tmp_path / "tb"), profiles=["armband8"], models=["gru", "tcn"],
+        personalize=[], transfer=["gru"], config="demo", epochs=3, teacher_size="small", personal_epochs=2,
+        personal_lr=1e-4,
+    )  # fmt: skip
+    jobs = {j.name: j for j in plan_jobs(args)}
+    assert set(jobs) == {"armband8/gru/generic", "armband8/tcn/generic", "armband8/gru/transfer"}
+    tr = jobs["armband8/gru/transfer"]
+    src = tmp_path / "tb" / "runs" / "emg2qwerty" / "gru" / "generic"
+    assert tr.argv[tr.argv.index("--init-from") + 1] == str(src / "best.pt")
+    assert tr.deps == ["emg2qwerty/gru/generic"], "waits for the source run when this call also trains it"
+    # a source run finished by an earlier call is not a dependency of this one
+    src.mkdir(parents=True)
+    (src / "results.json").write_text("{}")
+    assert {j.name: j for j in plan_jobs(args)}["armband8/gru/transfer"].deps == []
