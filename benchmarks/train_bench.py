@@ -173,7 +173,20 @@ def confusion_summary(substitutions: Sequence[Sequence[Any]], top: int = TOP_PAI
     all_pairs = [(a, b) for i, a in enumerate(letters) for b in letters[i + 1 :]]
     chance = sum(_finger(a) == _finger(b) for a, b in all_pairs) / len(all_pairs)
     frac = sum(r["same_finger"] for r in rows) / len(rows) if rows else float("nan")
-    return {"top": rows, "same_finger_fraction": frac, "chance_fraction_letters": chance}
+    hand = sum(_hand(k[0]) == _hand(k[1]) for k in (r["keys"] for r in rows)) / len(rows) if rows else float("nan")
+    chance_hand = sum(_hand(a) == _hand(b) for a, b in all_pairs) / len(all_pairs)
+    return {
+        "top": rows,
+        "same_finger_fraction": frac,
+        "chance_fraction_letters": chance,
+        "same_hand_fraction": hand,
+        "chance_same_hand_letters": chance_hand,
+    }
+
+
+def _hand(ch: str) -> str | None:
+    f = _finger(ch)
+    return f.split()[0] if f else None
 
 
 def _complexity(ckpt: Path) -> dict[str, Any]:
@@ -256,10 +269,16 @@ def check_facts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     if conf:
         frac = sum(c["same_finger_fraction"] for c in conf) / len(conf)
         chance = conf[0]["chance_fraction_letters"]
+        hand = [c["same_hand_fraction"] for c in conf if "same_hand_fraction" in c]
+        hand_txt = (
+            f"; {sum(hand) / len(hand):.0%} same hand (chance {conf[0]['chance_same_hand_letters']:.0%})"
+            if hand
+            else ""
+        )
         facts.append(
             {
                 "fact": f"most confused key pairs mostly typed by the same finger (top {TOP_PAIRS})",
-                "measured": f"{frac:.0%} same finger (chance among letter pairs {chance:.0%})",
+                "measured": f"{frac:.0%} same finger (chance among letter pairs {chance:.0%}){hand_txt}",
                 "holds": frac > 0.5,
             }
         )

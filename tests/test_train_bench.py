@@ -14,6 +14,8 @@ def test_confusions_fold_case_and_order_and_mark_same_finger():
     assert len(top) == 2, "space and identical pairs are not confusions"
     assert c["same_finger_fraction"] == 0.5
     assert 0.05 < c["chance_fraction_letters"] < 0.2
+    assert c["same_hand_fraction"] == 0.5  # r/t both left; a (left) / l (right)
+    assert 0.4 < c["chance_same_hand_letters"] < 0.6
 
 
 def _row(profile, model, cer, role="student", **kw):
