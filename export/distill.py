@@ -53,6 +53,7 @@ from emgkey.train.loop import (
     BEST,
     LAST,
     RESULTS_JSON,
+    align_guard_frames,
     align_weight_at,
     batch_alignment_loss,
     ctc_loss_fn,
@@ -155,6 +156,7 @@ def distill_loss(
     alignment: TeacherAlignment,
     ctc: nn.CTCLoss,
     align_weight: float = 0.0,
+    align_guard: int = 2,
 ) -> tuple[Tensor, dict[str, float]]:
     """``(1 - alpha) * task + alpha * KD``; the task term is CTC, crossfaded with the press-time alignment
     loss while ``align_weight`` > 0 (the trainer's warm-up, ``optim.align_weight``)."""
@@ -164,7 +166,7 @@ def distill_loss(
     ctc_term = ctc_items.mean()
     task = ctc_term
     if align_weight > 0 and batch.label_frames is not None:
-        align = batch_alignment_loss(student, log_probs, s_len, batch)
+        align = batch_alignment_loss(student, log_probs, s_len, batch, align_guard)
         task = (1.0 - align_weight) * ctc_term + align_weight * align
     with torch.no_grad():
         t_lp = teacher(batch.inputs, batch.input_lengths)
@@ -229,6 +231,7 @@ def distill(
     rows: list[dict[str, Any]] = []
     log.info("distilling %s -> %s on %s: %s", info["teacher_model"], cfg.model, profile.name, info)
 
+    guard = align_guard_frames(cfg.optim, feature_cfg.frame_rate_hz, student.stride)
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         student.train()
@@ -239,7 +242,7 @@ def distill(
                 break
             batch = batch.to(dev)
             w_align = align_weight_at(cfg.optim, epoch * steps + step, steps * cfg.epochs)
-            loss, parts = distill_loss(student, teacher, batch, dcfg, alignment, ctc, w_align)
+            loss, parts = distill_loss(student, teacher, batch, dcfg, alignment, ctc, w_align, guard)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip is not None:

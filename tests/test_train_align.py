@@ -19,7 +19,7 @@ from emgkey.features import FeatureConfig, compute_features
 from emgkey.profiles import EMG2QWERTY
 from emgkey.train.config import OptimConfig, load_config
 from emgkey.train.data import collate, label_frames
-from emgkey.train.loop import align_weight_at, alignment_loss, train
+from emgkey.train.loop import align_guard_frames, align_weight_at, alignment_loss, train
 from emgkey.windows import WindowedSession
 
 CFG = FeatureConfig(kind="logspec", n_fft=16, hop=2, sample_rate_hz=200.0)
@@ -150,6 +150,23 @@ def test_the_weight_anneals_linearly_to_zero():
     assert align_weight_at(OptimConfig(), 0, 100) == 0.0
     with pytest.raises(AssertionError, match="align_weight"):
         OptimConfig(align_weight=1.5)
+
+
+def test_the_weight_can_hold_before_it_anneals():
+    cfg = OptimConfig(align_weight=0.8, align_until=0.5, align_hold=0.2)
+    assert align_weight_at(cfg, 0, 100) == align_weight_at(cfg, 20, 100) == pytest.approx(0.8)
+    assert align_weight_at(cfg, 35, 100) == pytest.approx(0.4)  # halfway between step 20 and 50
+    assert align_weight_at(cfg, 50, 100) == 0.0
+    with pytest.raises(AssertionError, match="align_hold"):
+        OptimConfig(align_weight=1.0, align_until=0.3, align_hold=0.3)
+
+
+def test_the_guard_is_a_duration_in_output_frames():
+    cfg = OptimConfig(align_guard_s=0.04)
+    assert align_guard_frames(cfg, 50.0) == 2  # armband8: the former fixed 2 frames
+    assert align_guard_frames(cfg, 125.0) == 5  # emg2qwerty
+    assert align_guard_frames(cfg, 125.0, stride=2) == 2  # a model emitting every other frame
+    assert align_guard_frames(OptimConfig(align_guard_s=0.0), 50.0) == 1, "at least the neighbouring frame"
 
 
 def test_a_run_with_the_warm_up_records_its_loss(tmp_path):

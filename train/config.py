@@ -143,6 +143,13 @@ class OptimConfig:
     # press has seen only its lead-in. Measured (armband8 GRU, alignment loss alone, 125 steps of batch 8):
     # frame-wise loss 3.76 with the key on that frame, 3.24 / 3.32 with it 60 / 120 ms later.
     align_delay_s: float = 0.06
+    # Frames within `align_guard_s` of a press are left free (not pushed to blank): a burst lasts ~100 ms,
+    # so a fixed frame count would free most of it at 50 Hz but force blank onto most of it at 125 Hz.
+    # 0.04 s = 2 frames at armband8's 50 Hz (the earlier fixed guard), 5 at emg2qwerty's 125 Hz.
+    align_guard_s: float = 0.04
+    # Pure alignment loss (a = align_weight) for the first `align_hold` of the steps, then the linear
+    # anneal to 0 at `align_until`. 0: anneal from the first step.
+    align_hold: float = 0.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -156,6 +163,8 @@ class OptimConfig:
         assert 0 <= self.align_weight <= 1, "optim.align_weight must be in [0, 1]"
         assert 0 < self.align_until <= 1, "optim.align_until must be in (0, 1]"
         assert 0 <= self.align_delay_s <= 0.5, "optim.align_delay_s must be in [0, 0.5] s"
+        assert 0 <= self.align_guard_s <= 0.5, "optim.align_guard_s must be in [0, 0.5] s"
+        assert 0 <= self.align_hold < self.align_until, "optim.align_hold must be in [0, align_until)"
 
 
 @dataclass

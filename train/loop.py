@@ -170,7 +170,7 @@ def alignment_loss(
 
 
 def batch_alignment_loss(
-    model: nn.Module, log_probs: torch.Tensor, emission_lengths: torch.Tensor, batch: Batch
+    model: nn.Module, log_probs: torch.Tensor, emission_lengths: torch.Tensor, batch: Batch, guard: int = 2
 ) -> torch.Tensor:
     """``alignment_loss`` of a batch that carries press frames (``Batch.label_frames``)."""
     assert batch.label_frames is not None, "the batch has no press times (label_frames)"
@@ -182,15 +182,22 @@ def batch_alignment_loss(
         batch.targets,
         batch.target_lengths,
         unwrap(model).stride,
+        guard,
     )
 
 
+def align_guard_frames(cfg: OptimConfig, frame_rate_hz: float, stride: int = 1) -> int:
+    """``optim.align_guard_s`` in output frames (input frames / ``stride``), at least 1."""
+    return max(1, round(cfg.align_guard_s * frame_rate_hz / stride))
+
+
 def align_weight_at(cfg: OptimConfig, step: int, total_steps: int) -> float:
-    """``align_weight`` annealed linearly to 0 at ``align_until`` of the run."""
+    """``align_weight`` held for ``align_hold`` of the run, then annealed linearly to 0 at ``align_until``."""
     if cfg.align_weight <= 0:
         return 0.0
-    end = max(1.0, cfg.align_until * total_steps)
-    return cfg.align_weight * max(0.0, 1.0 - step / end)
+    hold = cfg.align_hold * total_steps
+    end = max(hold + 1.0, cfg.align_until * total_steps)
+    return cfg.align_weight * min(1.0, max(0.0, (end - step) / (end - hold)))
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -218,8 +225,10 @@ def train_one_epoch(
     epoch: int,
     max_steps: int,
     total_steps: int | None = None,
+    align_guard: int = 2,
 ) -> dict[str, float]:
-    """One epoch of CTC (+ the annealed alignment warm-up, ``optim.align_weight``)."""
+    """One epoch of CTC (+ the annealed alignment warm-up, ``optim.align_weight``; ``align_guard``:
+    ``align_guard_frames`` of the run)."""
     model.train()
     ctc = ctc_loss_fn()
     total_steps = total_steps if total_steps is not None else max_steps * cfg.epochs
@@ -235,7 +244,7 @@ def train_one_epoch(
         loss = loss_items.mean()  # as CTCLoss(reduction="mean")
         w_align = align_weight_at(cfg.optim, epoch * max_steps + steps, total_steps)
         if w_align > 0 and batch.label_frames is not None:
-            align = batch_alignment_loss(model, log_probs, emission_lengths, batch)
+            align = batch_alignment_loss(model, log_probs, emission_lengths, batch, align_guard)
             loss = (1.0 - w_align) * loss + w_align * align  # crossfade: CTC alone collapses to blank first
             align_sum += float(align.detach()) * len(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -545,7 +554,12 @@ def _train(
             train_ds, cfg.data.batch_size, True, cfg.data.num_workers, epoch, info.rank, info.world_size, pin
         )
         row: dict[str, Any] = {"epoch": epoch}
-        row.update(train_one_epoch(wrapped, loader, optimizer, scheduler, cfg, device, info, epoch, steps_per_epoch))
+        guard = align_guard_frames(cfg.optim, feature_cfg.frame_rate_hz, model.stride)
+        row.update(
+            train_one_epoch(
+                wrapped, loader, optimizer, scheduler, cfg, device, info, epoch, steps_per_epoch, align_guard=guard
+            )
+        )
         row["lr"] = optimizer.param_groups[0]["lr"]
         row["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if val_ds is not None:
