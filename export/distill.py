@@ -157,6 +157,7 @@ def distill_loss(
     ctc: nn.CTCLoss,
     align_weight: float = 0.0,
     align_guard: int = 2,
+    align_near_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """``(1 - alpha) * task + alpha * KD``; the task term is CTC, crossfaded with the press-time alignment
     loss while ``align_weight`` > 0 (the trainer's warm-up, ``optim.align_weight``)."""
@@ -166,7 +167,7 @@ def distill_loss(
     ctc_term = ctc_items.mean()
     task = ctc_term
     if align_weight > 0 and batch.label_frames is not None:
-        align = batch_alignment_loss(student, log_probs, s_len, batch, align_guard)
+        align = batch_alignment_loss(student, log_probs, s_len, batch, align_guard, align_near_weight)
         task = (1.0 - align_weight) * ctc_term + align_weight * align
     with torch.no_grad():
         t_lp = teacher(batch.inputs, batch.input_lengths)
@@ -242,7 +243,9 @@ def distill(
                 break
             batch = batch.to(dev)
             w_align = align_weight_at(cfg.optim, epoch * steps + step, steps * cfg.epochs)
-            loss, parts = distill_loss(student, teacher, batch, dcfg, alignment, ctc, w_align, guard)
+            loss, parts = distill_loss(
+                student, teacher, batch, dcfg, alignment, ctc, w_align, guard, cfg.optim.align_near_weight
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip is not None:

@@ -93,7 +93,9 @@ def _log_probs(T: int, hot: dict[int, int]) -> torch.Tensor:
     return lp
 
 
-def _loss(lp: torch.Tensor, frames: list[int], labels: list[int], in_len: int, stride: int = 1) -> float:
+def _loss(
+    lp: torch.Tensor, frames: list[int], labels: list[int], in_len: int, stride: int = 1, near_weight: float = 0.0
+) -> float:
     T = lp.shape[0]
     return float(
         alignment_loss(
@@ -104,6 +106,8 @@ def _loss(lp: torch.Tensor, frames: list[int], labels: list[int], in_len: int, s
             torch.tensor([labels]),
             torch.tensor([len(labels)]),
             stride,
+            2,
+            near_weight,
         )
     )
 
@@ -121,6 +125,18 @@ def test_the_loss_rewards_keys_at_their_press_frames_and_blank_elsewhere():
     assert _loss(right, [14, 34], [a, b], 54) == pytest.approx(0.0, abs=1e-6)
     # stride 2, 50 -> 25 frames: output j ends at input 2j + 1, so input 21 is first seen by output 10
     assert _loss(_log_probs(25, {10: a}), [21], [a], 50, stride=2) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_near_term_penalises_stray_symbols_next_to_a_key_but_not_repeats_or_blanks():
+    a, b, c = charset.str_to_labels("abc")
+    clean = _log_probs(50, {10: a, 30: b})
+    repeated = _log_probs(50, {9: a, 10: a, 11: a, 30: b})  # CTC collapses aaa -> a
+    stray = _log_probs(50, {9: c, 10: a, 30: b})  # a 'c' one frame before the 'a'
+    for lp in (clean, repeated):
+        assert _loss(lp, [10, 30], [a, b], 50, near_weight=1.0) == pytest.approx(0.0, abs=1e-6)
+    assert _loss(stray, [10, 30], [a, b], 50) == pytest.approx(0.0, abs=1e-6), "the guard leaves it free..."
+    # one stray frame of the 10 near ones: -log(2 e^-20) / 10
+    assert _loss(stray, [10, 30], [a, b], 50, near_weight=1.0) == pytest.approx(1.93, abs=0.01), "...not with it"
 
 
 def test_unknown_press_times_contribute_nothing():

@@ -150,6 +150,9 @@ class OptimConfig:
     # Pure alignment loss (a = align_weight) for the first `align_hold` of the steps, then the linear
     # anneal to 0 at `align_until`. 0: anneal from the first step.
     align_hold: float = 0.0
+    # Weight of -log(p(blank) + p(nearby keys)) on the frames within the guard (train.loop.alignment_loss):
+    # keeps the warmed-up model CTC-compatible next to its keys. 0: those frames are unconstrained.
+    align_near_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -165,6 +168,7 @@ class OptimConfig:
         assert 0 <= self.align_delay_s <= 0.5, "optim.align_delay_s must be in [0, 0.5] s"
         assert 0 <= self.align_guard_s <= 0.5, "optim.align_guard_s must be in [0, 0.5] s"
         assert 0 <= self.align_hold < self.align_until, "optim.align_hold must be in [0, align_until)"
+        assert self.align_near_weight >= 0, "optim.align_near_weight must be >= 0"
 
 
 @dataclass

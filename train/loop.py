@@ -137,6 +137,7 @@ def alignment_loss(
     target_lengths: torch.Tensor,
     stride: int,
     guard: int = 2,
+    near_weight: float = 0.0,
 ) -> torch.Tensor:
     """Frame-wise CE from press times: (T_out, N, C) log-probs -> scalar.
 
@@ -144,6 +145,9 @@ def alignment_loss(
     (a valid convolution's context and the stride are derived from the lengths); frames
     more than ``guard`` frames from any press should be blank. Key frames and blank frames
     are averaged separately and summed, so a window's few keys weigh as much as its blanks.
+    With ``near_weight`` > 0, frames within ``guard`` of a press add ``near_weight`` times the
+    mean of ``-log(p(blank) + p(keys pressed within guard))``: what CTC allows there, so a model
+    warmed up this way does not emit stray symbols next to its keys.
     """
     T_out, N, _ = log_probs.shape
     dev = log_probs.device
@@ -166,11 +170,26 @@ def alignment_loss(
     blank_terms = -lp[..., charset.BLANK][far]  # (B,)
     key = key_terms.mean() if key_terms.numel() else lp.new_zeros(())
     blank = blank_terms.mean() if blank_terms.numel() else lp.new_zeros(())
-    return key + blank
+    if near_weight <= 0:
+        return key + blank
+    allowed = torch.zeros(T_out + 2 * guard + 1, N, lp.shape[-1], dtype=torch.bool, device=dev)
+    for d in range(2 * guard + 1):
+        allowed[out_idx[valid] + d, n_idx[valid], targets[valid]] = True
+    allowed = allowed[guard : guard + T_out]  # (T_out, N, C)
+    allowed[..., charset.BLANK] = True
+    close = frame_ok & near[guard : guard + T_out] & has_known[None, :]  # (T_out, N)
+    near_terms = -lp.masked_fill(~allowed, float("-inf")).logsumexp(dim=-1)[close]  # (M,)
+    near_term = near_terms.mean() if near_terms.numel() else lp.new_zeros(())
+    return key + blank + near_weight * near_term
 
 
 def batch_alignment_loss(
-    model: nn.Module, log_probs: torch.Tensor, emission_lengths: torch.Tensor, batch: Batch, guard: int = 2
+    model: nn.Module,
+    log_probs: torch.Tensor,
+    emission_lengths: torch.Tensor,
+    batch: Batch,
+    guard: int = 2,
+    near_weight: float = 0.0,
 ) -> torch.Tensor:
     """``alignment_loss`` of a batch that carries press frames (``Batch.label_frames``)."""
     assert batch.label_frames is not None, "the batch has no press times (label_frames)"
@@ -183,6 +202,7 @@ def batch_alignment_loss(
         batch.target_lengths,
         unwrap(model).stride,
         guard,
+        near_weight,
     )
 
 
@@ -244,7 +264,9 @@ def train_one_epoch(
         loss = loss_items.mean()  # as CTCLoss(reduction="mean")
         w_align = align_weight_at(cfg.optim, epoch * max_steps + steps, total_steps)
         if w_align > 0 and batch.label_frames is not None:
-            align = batch_alignment_loss(model, log_probs, emission_lengths, batch, align_guard)
+            align = batch_alignment_loss(
+                model, log_probs, emission_lengths, batch, align_guard, cfg.optim.align_near_weight
+            )
             loss = (1.0 - w_align) * loss + w_align * align  # crossfade: CTC alone collapses to blank first
             align_sum += float(align.detach()) * len(batch)
         optimizer.zero_grad(set_to_none=True)
