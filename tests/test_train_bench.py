@@ -41,11 +41,15 @@ def test_facts_pass_and_fail_on_hand_made_rows():
     assert facts["teachers beat students"] is None  # not measured, not claimed
 
     rows = [
-        _row("armband8", "gru", 95.0, generic_cer_same_sessions=70.0, personalized_cer=65.0),
-        _row("emg2qwerty", "gru", 96.0),
+        _row("armband8", "gru", 85.0, generic_cer_same_sessions=70.0, personalized_cer=65.0),
+        _row("emg2qwerty", "gru", 96.0, generic_cer_same_sessions=96.0, personalized_cer=10.0),
         _row("armband8", "tds_conv", 97.0, role="teacher"),
     ]
-    facts = {f["fact"].split(" (")[0]: f["holds"] for f in check_facts(rows)}
+    checked = check_facts(rows)
+    facts = {f["fact"].split(" (")[0]: f["holds"] for f in checked}
+    # the emg2qwerty GRU did not learn (96 %): its personalization does not count, and the measure says so
+    pers = next(f for f in checked if f["fact"].startswith("generic model"))
+    assert "1 profile x model; left out, did not learn: emg2qwerty/gru" in pers["measured"]
     assert facts["generic model on unseen users far worse than personalized"] is False
     assert facts["armband8"] is False
     assert facts["students learn"] is False
