@@ -238,7 +238,14 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 row["generic_cer_same_sessions"] = sum(p["generic_cer"] for p in per_user) / len(per_user)
                 row["personalized_cer"] = sum(p["personalized_cer"] for p in per_user) / len(per_user)
             rows.append(row)
-    return {"rows": rows, "facts": check_facts(rows), "not_run": not_run, "config": dict(vars(args))}
+    data = {}
+    for profile in args.profiles:
+        meta = Path(args.data_root) / profile / "dataset.json"
+        if meta.is_file():
+            d = json.loads(meta.read_text())
+            keys = ("simulated", "seed", "n_users", "sessions_per_user", "minutes_per_session", "test_users")
+            data[profile] = {k: d.get(k) for k in keys}
+    return {"rows": rows, "facts": check_facts(rows), "not_run": not_run, "data": data, "config": dict(vars(args))}
 
 
 def check_facts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -335,12 +342,23 @@ def check_facts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return facts
 
 
+def _describe_data(data: dict[str, Any]) -> str:
+    """'; armband8: 8 users x 4 sessions x 1.5 min, seed 0, held out: ...' for each profile's dataset.json."""
+    parts = [
+        f"{p}: {d['n_users']} users x {d['sessions_per_user']} sessions x {d['minutes_per_session']} min, "
+        f"seed {d['seed']}, held-out users {', '.join(d.get('test_users') or []) or '-'}"
+        for p, d in data.items()
+    ]
+    return "; " + "; ".join(parts) if parts else ""
+
+
 def render(doc: dict[str, Any]) -> str:
     c = doc["config"]
     lines = [
         "# Training benchmark (SIMULATED DATA)",
         "",
-        f"All figures are from `emgkey sim` data ({c['data_root']}), not from recordings of people. "
+        f"All figures are from `emgkey sim` data ({c['data_root']}{_describe_data(doc.get('data', {}))}), "
+        "not from recordings of people. "
         f"Config `{c['config']}`, {c['epochs']} epochs, personalization {c['personal_epochs']} epochs at lr "
         f"{c['personal_lr']}; one torch thread per run, {c['workers']} runs at a time on this machine.",
         "",
