@@ -213,10 +213,10 @@ def _markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['scale_name']} scale, {meta['data']} data, {meta['cpu']} CPU cores; latency = median ms per "
         "streaming call at 1 thread. CER in % on the test users (greedy). int8 target: within +1.0 point.",
         "",
-        "| profile | student | KD | params | ONNX fp32 KB | ONNX int8 KB (ratio, method) | TFLite fp32 KB | "
-        "TFLite int8 KB (ratio, recipe) | ORT fp32/int8 ms | LiteRT fp32/int8 ms | CER torch | CER ONNX fp32/int8 "
-        "| CER TFLite fp32/int8 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| profile | student | KD | params | test chars | ONNX fp32 KB | ONNX int8 KB (ratio, method) "
+        "| TFLite fp32 KB | TFLite int8 KB (ratio, recipe) | ORT fp32/int8 ms | LiteRT fp32/int8 ms | CER torch "
+        "| CER ONNX fp32/int8 | CER TFLite fp32/int8 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def kb(v: Any) -> str:
@@ -231,6 +231,7 @@ def _markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
         tf8 = r["int8"].get("tflite", {})
         lines.append(
             f"| {r['profile']} | {r['student']} | {'yes' if r['distilled'] else 'no'} | {r['params']} "
+            f"| {r.get('test_characters', '-')} "
             f"| {kb(b.get('onnx_fp32_streaming'))} "
             f"| {kb(b.get('onnx_int8_streaming'))} ({r.get('onnx_int8_size_ratio', '-')}, {on8.get('method', '-')}) "
             f"| {kb(b.get('tflite_fp32_streaming'))} "
@@ -337,7 +338,10 @@ def _write(out: Path, rows: list[dict[str, Any]], scale: dict[str, Any], args: a
     from emgkey.export.bundle_writer import _tool_versions
 
     meta = {
-        "scale_name": ("big" if args.big else "small") + f" ({scale['size']} models, {scale['epochs']} epochs)",
+        "scale_name": ("big" if args.big else "small")
+        + f" ({scale['size']} models, {scale['epochs']} epochs"
+        + (f"; trained checkpoints reused from {args.reuse_runs}" if args.reuse_runs else "")
+        + ")",
         "scale": scale,
         "data": "/".join(sorted(kinds)) or "?",
         "cpu": os.cpu_count(),
