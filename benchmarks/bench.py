@@ -315,6 +315,15 @@ def discover_bundles(paths: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
+def checkpoint_name(path: Path) -> str:
+    """A model's name from its checkpoint path: ``RUN/best.pt`` -> ``RUN``; a training benchmark's
+    ``.../tds_conv/generic/best.pt`` -> ``tds_conv`` (its run folder only says which split)."""
+    if path.stem not in ("best", "last"):
+        return path.stem
+    run = path.parent
+    return run.parent.name if run.name == "generic" and run.parent.name else run.name
+
+
 def model_keys(paths: Sequence[Path], names: Sequence[str]) -> list[str]:
     """Short unique keys: the name, or ``<first differing folder>/<name>`` for names that repeat
     (``export_bench/gru`` vs ``export_bench_default/gru``)."""
@@ -1021,13 +1030,13 @@ def collect_models(
         if _is_streaming_checkpoint(c):
             if not (data and split):
                 raise ConfigError(f"{c} has no bundle yet: pass --data DIR --split SPLIT to export it first")
-            name = c.parent.name if c.stem in ("best", "last") else c.stem
+            name = checkpoint_name(c)
             bundle_paths.append(export_checkpoint(c, data, split, out / "bundles" / name))
         else:
             teachers.append(c)
     # an installed copy lives in a folder called "bundle": name it after its model instead
     names = [b.name if b.name not in ("bundle", "model") else _model_name(b) for b in bundle_paths] + [
-        t.parent.name if t.stem in ("best", "last") else t.stem for t in teachers
+        checkpoint_name(t) for t in teachers
     ]
     keys = model_keys([*bundle_paths, *teachers], names)
     models = [student_from_bundle(b, k, by_sha) for b, k in zip(bundle_paths, keys)]

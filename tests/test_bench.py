@@ -286,6 +286,13 @@ def test_a_refused_file_is_skipped_with_the_verification_note(tmp_path: Path) ->
     assert tor and all(c.skip for c in tor)
 
 
+def test_checkpoint_names_come_from_the_run_not_the_split() -> None:
+    assert B.checkpoint_name(Path("runs/tb/runs/armband8/tds_conv/generic/best.pt")) == "tds_conv"
+    assert B.checkpoint_name(Path("runs/teacher_tds_conv/best.pt")) == "teacher_tds_conv"
+    assert B.checkpoint_name(Path("runs/tds/last.pt")) == "tds"
+    assert B.checkpoint_name(Path("ckpts/my_teacher.pt")) == "my_teacher"
+
+
 def test_model_keys_stay_short_and_unique() -> None:
     keys = B.model_keys([Path("/r/a/b/gru"), Path("/r/a2/b/gru"), Path("/r/a/b/tcn")], ["gru", "gru", "tcn"])
     assert keys == ["a/gru", "a2/gru", "tcn"]
