@@ -81,7 +81,40 @@ def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         label = str(d["device"].get("label") or d["device"].get("cpu_model"))
         labels[label] = labels.get(label, 0) + 1
         d["_label"] = label if labels[label] == 1 else f"{label} #{labels[label]}"
+    _disambiguate_models(out)
     return out
+
+
+def _model_identity(m: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two files' rows the same model (paths differ between devices, so they are not used)."""
+    return (m.get("name"), m.get("profile"), m.get("params"), bool(m.get("distilled")), m.get("role"))
+
+
+def _disambiguate_models(docs: Sequence[dict[str, Any]]) -> None:
+    """Rows are merged across files by model key; a key that names a different model in a later file
+    (``tcn`` benchmarked for armband8 in one run and for emg2qwerty in another) gets ``@profile`` (then
+    ``#n``) in that file, so two models never share a row."""
+    seen: dict[str, tuple[Any, ...]] = {}
+    for d in docs:
+        renames: dict[str, str] = {}
+        for m in d["models"]:
+            key, ident = m["key"], _model_identity(m)
+            if seen.get(key, ident) != ident:
+                new = f"{key}@{m.get('profile')}"
+                n = 2
+                while seen.get(new, ident) != ident:
+                    new, n = f"{key}@{m.get('profile')}#{n}", n + 1
+                renames[key] = new
+                key = new
+            seen[key] = ident
+        if renames:
+            for m in d["models"]:
+                m["key"] = renames.get(m["key"], m["key"])
+            for c in d["cells"]:
+                c["model"] = renames.get(c["model"], c["model"])
+            for r in d.get("ratios") or []:
+                if r.get("model") in renames:
+                    r["model"] = renames[r["model"]]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

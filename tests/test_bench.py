@@ -401,6 +401,22 @@ def test_report_merges_devices_and_draws_plots(results: dict[str, Any], tmp_path
     assert rec["pick"]["model"] == "oracle"
 
 
+def test_report_keeps_same_named_models_of_different_profiles_apart(results: dict[str, Any], tmp_path: Path) -> None:
+    a, b, c = (tmp_path / f"{n}.json" for n in "abc")
+    a.write_text(json.dumps(_doc(results, "box", "generic-x86_64")))
+    other = _doc(results, "box", "generic-x86_64")
+    for m in other["models"]:
+        m["profile"] = "emg2qwerty"  # same keys, other models
+    b.write_text(json.dumps(other))
+    c.write_text(json.dumps(_doc(results, "pi", "rpi4", scale=3.0)))  # the first file's models on another device
+    docs = R.load_results([a, b, c])
+    keys = [[m["key"] for m in d["models"]] for d in docs]
+    assert keys[0] == keys[2], "the same model on another device shares its row"
+    assert keys[1] == [f"{k}@emg2qwerty" for k in keys[0]]
+    assert {cell["model"] for cell in docs[1]["cells"]} <= set(keys[1]), "cells follow their model's new key"
+    assert all(r["model"] in keys[1] for r in docs[1]["ratios"])
+
+
 def test_report_refuses_foreign_or_newer_files(results: dict[str, Any], tmp_path: Path) -> None:
     p = tmp_path / "x.json"
     p.write_text(json.dumps({"schema": "something else"}))
