@@ -72,6 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True, help="folder for report.md and PNGs")
     r.add_argument("--pi4-factor", type=float, default=None, help="assumed Pi 4 slowdown for estimates (default 8)")
     r.add_argument("--no-plots", action="store_true")
+    r.add_argument(
+        "--calibration",
+        default=None,
+        help="result JSON of benchmarks/calibration_bench.py, when the results files carry none (as bench's option)",
+    )
     r.set_defaults(func=_report)
 
     d = sub.add_parser(
@@ -152,6 +157,13 @@ def _report(args: argparse.Namespace) -> int:
     from emgkey.benchmarks.report import load_results, write_report
 
     docs = load_results(args.results)
+    if args.calibration:
+        from emgkey.benchmarks.bench import load_calibration
+        from emgkey.errors import ConfigError
+
+        if any(d.get("calibration") for d in docs):
+            raise ConfigError("--calibration: the results files already carry calibration results")
+        docs[0]["calibration"] = load_calibration(args.calibration)  # one device's worth: shown once
     path = write_report(docs, args.out, _budget(args.pi4_factor), plots=not args.no_plots)
     print(f"wrote {path}")
     _print_pick(Path(args.out))

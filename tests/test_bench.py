@@ -481,3 +481,24 @@ def test_calibration_results_are_normalized_and_plotted(results: dict[str, Any],
     md = out.read_text()
     assert "## Calibration" in md and (tmp_path / "rep" / "cer_vs_calibration.png").is_file()
     assert "-12.0 pt @ 60 s (finetune)" in md  # the headline's calibration column, for the toy models
+
+
+def test_report_takes_a_calibration_file_once(
+    results: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emgkey.cli import main
+
+    summary = [{"student": "toy", "strategy": "finetune", "seconds": 60, "cer_before": 50.0, "cer_after": 38.0}]
+    cal = tmp_path / "calibration_bench.json"
+    cal.write_text(json.dumps({"data": "simulated", "summary": summary}))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_doc(results, "x86 box", "generic-x86_64")))
+    b.write_text(json.dumps(_doc(results, "pi", "rpi4", scale=3.0)))
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "rep"), "--calibration", str(cal)]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count("| toy / finetune |") == 1, "one calibration table, not one per device"
+    with_cal = json.loads(a.read_text()) | {"calibration": B.load_calibration(cal)}
+    a.write_text(json.dumps(with_cal))
+    capsys.readouterr()
+    assert main(["report", str(a), "--out", str(tmp_path / "rep2"), "--calibration", str(cal)]) != 0
+    assert "already carry calibration results" in capsys.readouterr().err
