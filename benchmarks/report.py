@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -443,13 +444,18 @@ def _headline(results: Sequence[dict[str, Any]], budget: TargetBudget) -> list[s
 
 
 def calibration_gain(results: Sequence[dict[str, Any]], model: dict[str, Any]) -> str:
-    """The best CER change at the longest calibration measured for this model's architecture (or a file
-    that names no model), e.g. ``-12.3 pt @ 60 s (finetune)``."""
+    """The best CER change at the longest calibration measured for this model (a calibration_bench label
+    ``KEY (ARCH)`` names one bundle; a plain name may be an architecture; a file may name no model), e.g.
+    ``-12.3 pt @ 60 s (finetune)``."""
     pts = []
     for r in results:
         for p in (r.get("calibration") or {}).get("curve", []):
             name, _, strategy = str(p.get("model") or "").partition(" / ")
-            if name in ("", model["name"], model["key"]):
+            # calibration_bench labels its students "KEY (ARCH)": that one bundle, not every model of ARCH
+            labelled = re.fullmatch(r"(.+) \((.+)\)", name)
+            if (labelled and labelled.group(1) == model["key"]) or (
+                not labelled and name in ("", model["name"], model["key"])
+            ):
                 pts.append((p["seconds"], p["gain_points"], strategy))
     if not pts:
         return "-"

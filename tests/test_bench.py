@@ -497,6 +497,14 @@ def test_report_takes_a_calibration_file_once(
     assert main(["report", str(a), str(b), "--out", str(tmp_path / "rep"), "--calibration", str(cal)]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md.count("| toy / finetune |") == 1, "one calibration table, not one per device"
+    # calibration_bench's "KEY (ARCH)" label names one model: its row gets the gain, no other row does
+    d = _doc(results, "x86 box", "generic-x86_64")
+    first = d["models"][0]
+    d["calibration"] = {"curve": [{"model": f"{first['key']} ({first['name']}) / finetune", "seconds": 60.0,
+                                   "gain_points": 12.0, "cer_after": 38.0, "cer_before": 50.0, "n": 1}]}  # fmt: skip
+    assert R.calibration_gain([d], first) == "-12.0 pt @ 60 s (finetune)"
+    others = [m for m in d["models"][1:] if m["key"] != first["key"]]
+    assert others and all(R.calibration_gain([d], m) == "-" for m in others)
     with_cal = json.loads(a.read_text()) | {"calibration": B.load_calibration(cal)}
     a.write_text(json.dumps(with_cal))
     capsys.readouterr()
