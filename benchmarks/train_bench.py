@@ -68,6 +68,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             run = out / "runs" / profile / model
             base = ["train", "--config", args.config, "--model", model, "--data", str(data)]
             base += ["--set", f"epochs={args.epochs}", "--set", "progress=false", "--set", "threads=1"]
+            base += [x for kv in args.train_set for x in ("--set", kv)]
             if model in TEACHERS:
                 base += ["--set", f"model_size={args.teacher_size}"]
             gen = f"{profile}/{model}/generic"
@@ -86,6 +87,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                 tr += ["--set", f"epochs={args.epochs}", "--set", "progress=false", "--set", "threads=1"]
                 tr += ["--set", "transfer.unfreeze_every=3", "--set", "transfer.body_stages=3"]
                 tr += ["--set", "transfer.lr_decay=0.5"]
+                tr += [x for kv in args.train_set for x in ("--set", kv)]
                 # the source's generic run may belong to an earlier invocation (another --profiles)
                 deps = [] if (src / "results.json").is_file() else [f"{TRANSFER_SOURCE}/{model}/generic"]
                 jobs.append(Job(f"{profile}/{model}/transfer", _emgkey(*tr), run / "transfer" / "results.json", deps))
@@ -420,6 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"models to also adapt from {TRANSFER_SOURCE}'s "
         f"generic run to {TRANSFER_TARGET} (needs both profiles' data; the source run may be from an earlier call)",
     )
+    ap.add_argument(
+        "--train-set", action="append", default=[], metavar="KEY=VALUE",
+        help="config override for the generic and transfer runs (repeatable), e.g. optim.align_delay_s=0.06",
+    )  # fmt: skip
     ap.add_argument("--personal-epochs", type=int, default=20)
     ap.add_argument("--personal-lr", type=float, default=3e-4)
     ap.add_argument("--teacher-size", default="default")

@@ -41,7 +41,7 @@ def test_a_delay_moves_the_key_to_the_first_frame_that_sees_that_much_past_the_p
     delayed = label_frames(rows, CFG, 1.0, 100, delay_samples=4).tolist()
     assert delayed[:3] == label_frames(rows[:3] + 4, CFG, 1.0, 100).tolist() == [0, 2, 44]
     assert label_frames(rows, CFG, 1.0, 100, delay_samples=4)[-1] == -1, "unknown presses stay unknown"
-    assert OptimConfig().align_delay_s == pytest.approx(0.06)
+    assert OptimConfig().align_delay_s == 0.0
     with pytest.raises(AssertionError, match="align_delay_s"):
         OptimConfig(align_delay_s=-0.01)
 

@@ -93,7 +93,7 @@ def test_transfer_jobs_start_from_the_source_profiles_generic_run(tmp_path):
     args = argparse.Namespace(
         data_root=str(tmp_path / "data"), out=str(tmp_path / "tb"), profiles=["armband8"], models=["gru", "tcn"],
         personalize=[], transfer=["gru"], config="demo", epochs=3, teacher_size="small", personal_epochs=2,
-        personal_lr=1e-4,
+        personal_lr=1e-4, train_set=["optim.align_delay_s=0.06"],
     )  # fmt: skip
     jobs = {j.name: j for j in plan_jobs(args)}
     assert set(jobs) == {"armband8/gru/generic", "armband8/tcn/generic", "armband8/gru/transfer"}
@@ -101,6 +101,8 @@ def test_transfer_jobs_start_from_the_source_profiles_generic_run(tmp_path):
     src = tmp_path / "tb" / "runs" / "emg2qwerty" / "gru" / "generic"
     assert tr.argv[tr.argv.index("--init-from") + 1] == str(src / "best.pt")
     assert tr.deps == ["emg2qwerty/gru/generic"], "waits for the source run when this call also trains it"
+    for job in (tr, jobs["armband8/gru/generic"]):
+        assert job.argv[job.argv.index("optim.align_delay_s=0.06") - 1] == "--set", "--train-set reaches the run"
     # a source run finished by an earlier call is not a dependency of this one
     src.mkdir(parents=True)
     (src / "results.json").write_text("{}")
