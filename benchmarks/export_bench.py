@@ -6,7 +6,7 @@ with and without distillation, for every student (gru, bilstm, tcn) on every pro
     python -m emgkey.benchmarks.export_bench --out DIR --profiles armband8 --students gru --no-distill
     python -m emgkey.benchmarks.export_bench --out DIR --size default --epochs 1 --max-steps 3   # real sizes
     python -m emgkey.benchmarks.export_bench --out DIR --reuse-runs runs/tb --data armband8=runs/tb/data/armband8 \
-        --profiles armband8 --config demo --size default --epochs 24 --teacher transformer --teacher-size small
+        --profiles armband8 --config demo --size default --epochs 24 --max-steps 0 --teacher-size small
 
 Per profile: simulate a dataset (``emgkey sim dataset``; ``--data PROFILE=DIR`` uses an existing one),
 train a teacher (``--teacher``, TDS-Conv by default; ``emgkey.train.loop.train``), then per student

@@ -564,6 +564,7 @@ def _train(
     wrapped: nn.Module = model
     trainable: tuple[bool, ...] | None = None
     session_start = time.perf_counter()
+    guard = align_guard_frames(cfg.optim, feature_cfg.frame_rate_hz, model.stride)  # alignment warm-up, frames
     for epoch in range(state.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # dropout etc.; resume lands on the same draws
@@ -576,7 +577,6 @@ def _train(
             train_ds, cfg.data.batch_size, True, cfg.data.num_workers, epoch, info.rank, info.world_size, pin
         )
         row: dict[str, Any] = {"epoch": epoch}
-        guard = align_guard_frames(cfg.optim, feature_cfg.frame_rate_hz, model.stride)
         row.update(
             train_one_epoch(
                 wrapped, loader, optimizer, scheduler, cfg, device, info, epoch, steps_per_epoch, align_guard=guard
