@@ -96,7 +96,7 @@ def _overrides(scale: dict[str, Any], model: str) -> list[str]:
         sets.append(f"max_steps_per_epoch={scale['max_steps']}")
     if scale["config"] == "tiny":
         sets += ["data.test_window_s=4.0", "data.max_eval_windows=8"]
-    return sets
+    return sets + list(scale.get("train_set", ()))
 
 
 def _train(
@@ -266,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teacher", choices=("tds_conv", "transformer"), default="tds_conv")
     parser.add_argument("--teacher-size", choices=("tiny", "small", "default"), default=None, help="default: --size")
+    parser.add_argument(
+        "--train-set", action="append", default=[], metavar="KEY=VALUE",
+        help="config override for every training and distillation run (repeatable), as train_bench's",
+    )  # fmt: skip
     parser.add_argument("--reuse-runs", default=None, metavar="TB", help="a training benchmark's --out to take "
                         "trained checkpoints from (TB/runs/PROFILE/MODEL/generic/best.pt)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -285,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale["max_steps"] = args.max_steps or None
     if args.config:
         scale["config"] = args.config
+    if args.train_set:
+        scale["train_set"] = list(args.train_set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     datasets = dict(d.split("=", 1) for d in args.data)

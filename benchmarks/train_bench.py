@@ -197,8 +197,51 @@ def _complexity(ckpt: Path) -> dict[str, Any]:
     from emgkey.train.models.complexity import measure
 
     c = load_checkpoint(ckpt)
-    m = measure(build_from_checkpoint(c), FeatureConfig.from_dict(c["feature_config"]).frame_rate_hz)
-    return {"params": m.params, "macs_per_s": m.macs_per_second}
+    fc = FeatureConfig.from_dict(c["feature_config"])
+    m = measure(build_from_checkpoint(c), fc.frame_rate_hz)
+    return {"params": m.params, "macs_per_s": m.macs_per_second, "frame_rate_hz": fc.frame_rate_hz}
+
+
+def _dataset_meta(data_root: str, profile: str) -> dict[str, Any] | None:
+    meta = Path(data_root) / profile / "dataset.json"
+    if not meta.is_file():
+        return None
+    d = json.loads(meta.read_text())
+    keys = ("simulated", "seed", "n_users", "sessions_per_user", "minutes_per_session", "test_users")
+    return {k: d.get(k) for k in keys}
+
+
+def merge_rows(
+    rows: list[dict[str, Any]], not_run: list[str], earlier: Path, data: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Fill pairs without a finished run under --out from an earlier ``train_bench.json`` of the same data.
+
+    A merged row keeps its numbers and says where it came from (``merged_from``). The earlier
+    document must describe the same dataset (seed, users, sessions, minutes, held-out users) for the
+    profile, or the merge is refused: CERs on other data are not comparable.
+    """
+    doc = json.loads(earlier.read_text())
+    old = {(r["profile"], r["model"]): r for r in doc["rows"]}
+    left: list[str] = []
+    for pair in not_run:
+        profile, model = pair.split("/", 1)
+        r = old.get((profile, model))
+        if r is None:
+            left.append(pair)
+            continue
+        if doc.get("data", {}).get(profile) != data.get(profile):
+            raise SystemExit(
+                f"--merge {earlier}: its {profile} dataset {doc.get('data', {}).get(profile)} differs from "
+                f"{data.get(profile)}; rows from other data are not comparable"
+            )
+        merged = {**r, "merged_from": str(earlier)}
+        if "frame_rate_hz" not in merged:  # rows from before data.feature_hop: the profile's default front end
+            from emgkey.features import FeatureConfig
+            from emgkey.profiles import get_profile
+
+            merged["frame_rate_hz"] = FeatureConfig.for_profile(get_profile(profile)).frame_rate_hz
+        rows.append(merged)
+    return rows, left
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:
@@ -240,13 +283,11 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 row["generic_cer_same_sessions"] = sum(p["generic_cer"] for p in per_user) / len(per_user)
                 row["personalized_cer"] = sum(p["personalized_cer"] for p in per_user) / len(per_user)
             rows.append(row)
-    data = {}
-    for profile in args.profiles:
-        meta = Path(args.data_root) / profile / "dataset.json"
-        if meta.is_file():
-            d = json.loads(meta.read_text())
-            keys = ("simulated", "seed", "n_users", "sessions_per_user", "minutes_per_session", "test_users")
-            data[profile] = {k: d.get(k) for k in keys}
+    data = {p: m for p in args.profiles if (m := _dataset_meta(args.data_root, p)) is not None}
+    if getattr(args, "merge", None):
+        rows, not_run = merge_rows(rows, not_run, Path(args.merge), data)
+        rank = {(p, m): i for i, (p, m) in enumerate((p, m) for p in args.profiles for m in args.models)}
+        rows.sort(key=lambda r: rank[(r["profile"], r["model"])])
     return {"rows": rows, "facts": check_facts(rows), "not_run": not_run, "data": data, "config": dict(vars(args))}
 
 
@@ -364,16 +405,20 @@ def render(doc: dict[str, Any]) -> str:
         f"Config `{c['config']}`, {c['epochs']} epochs, personalization {c['personal_epochs']} epochs at lr "
         f"{c['personal_lr']}; one torch thread per run, {c['workers']} runs at a time on this machine.",
         "",
-        "| profile | model | role | params | MACs/s | train wall s | held-out CER "
+        "| profile | model | role | frames/s | params | MACs/s | train wall s | held-out CER "
         f"| generic on personal test | personalized | held-out CER, from {TRANSFER_SOURCE} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    merged = sorted({r["merged_from"] for r in doc["rows"] if r.get("merged_from")})
     for r in doc["rows"]:
         g = f"{r['generic_cer_same_sessions']:.1f}" if "personalized_cer" in r else "-"
         p = f"{r['personalized_cer']:.1f}" if "personalized_cer" in r else "-"
         t = f"{r['transfer_test_cer']:.1f}" if "transfer_test_cer" in r else "-"
+        fr = f"{r['frame_rate_hz']:g}" if r.get("frame_rate_hz") else "-"
+        mark = f" [{merged.index(r['merged_from']) + 1}]" if r.get("merged_from") else ""
         lines.append(
-            f"| {r['profile']} | {r['model']} | {r['role']} | {r['params']:,} | {r['macs_per_s'] / 1e6:.1f}M | "
+            f"| {r['profile']} | {r['model']}{mark} | {r['role']} | {fr} | {r['params']:,} | "
+            f"{r['macs_per_s'] / 1e6:.1f}M | "
             f"{r['train_wall_s']:.0f} | {r['generic_test_cer']:.1f} | {g} | {p} | {t} |"
         )
     if any("transfer_test_cer" in r for r in doc["rows"]):
@@ -383,6 +428,8 @@ def render(doc: dict[str, Any]) -> str:
             "(input layers rebuilt, one body stage unfrozen every 3 epochs, lr halved per stage down), "
             "same config, epochs and test users as the scratch run in 'held-out CER'.",
         ]
+    for i, m in enumerate(merged):
+        lines += ["", f"[{i + 1}] row from an earlier run of the same dataset, `{m}` (`--merge`)."]
     if doc.get("not_run"):
         lines += ["", f"Not run (no finished generic run): {', '.join(doc['not_run'])}."]
     lines += [
@@ -435,6 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run nothing: tabulate the finished runs under --out (e.g. after "
         "benchmarking profiles with different --models into one --out)",
+    )
+    ap.add_argument(
+        "--merge",
+        default=None,
+        metavar="JSON",
+        help="an earlier train_bench.json of the same datasets: its rows fill the (profile, model) pairs "
+        "without a finished run under --out, marked as merged (refused if the dataset differs)",
     )
     args = ap.parse_args(argv)
     if not args.collect_only:

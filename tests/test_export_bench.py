@@ -39,3 +39,10 @@ def test_a_model_missing_from_the_reused_runs_is_trained_with_its_own_size(tmp_p
     got = export_bench._train(tmp_path / "data", "tds_conv", out, export_bench.SMALL, tmp_path / "none", size="small")
     assert got == out / "best.pt"
     assert calls == [("tds_conv", "small", out)]
+
+
+def test_train_set_overrides_reach_every_training_and_distillation_run():
+    scale = export_bench.SMALL | {"train_set": ["optim.align_delay_s=0.06", "data.feature_hop=32"]}
+    sets = export_bench._overrides(scale, "gru")
+    assert sets[-2:] == ["optim.align_delay_s=0.06", "data.feature_hop=32"]  # after the scale's, so they win
+    assert "optim.align_delay_s=0.06" not in export_bench._overrides(export_bench.SMALL, "gru")

@@ -107,3 +107,38 @@ def test_transfer_jobs_start_from_the_source_profiles_generic_run(tmp_path):
     src.mkdir(parents=True)
     (src / "results.json").write_text("{}")
     assert {j.name: j for j in plan_jobs(args)}["armband8/gru/transfer"].deps == []
+
+
+def test_merge_fills_missing_pairs_from_an_earlier_run_of_the_same_data_only(tmp_path):
+    import argparse
+    import json
+
+    import pytest
+
+    from emgkey.benchmarks.train_bench import collect, render
+
+    meta = {"simulated": True, "seed": 0, "n_users": 8, "sessions_per_user": 4, "minutes_per_session": 1.5}
+    (tmp_path / "d" / "armband8").mkdir(parents=True)
+    (tmp_path / "d" / "armband8" / "dataset.json").write_text(json.dumps(meta | {"test_users": ["u5"]}))
+    conf = {"top": [], "same_finger_fraction": 0.0, "chance_fraction_letters": 0.1}
+    old_row = {
+        "profile": "armband8", "model": "tcn", "role": "student", "params": 10, "macs_per_s": 1e6,
+        "train_wall_s": 5.0, "generic_test_cer": 64.6, "confusions": conf,
+    }  # fmt: skip
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"rows": [old_row], "data": {"armband8": meta | {"test_users": ["u5"]}}}))
+    args = argparse.Namespace(
+        out=str(tmp_path / "tb"), profiles=["armband8"], models=["gru", "tcn"], epochs=3,
+        data_root=str(tmp_path / "d"), config="demo", personal_epochs=2, personal_lr=1e-4, workers=1,
+        merge=str(earlier),
+    )  # fmt: skip
+    doc = collect(args)
+    assert [(r["model"], r["generic_test_cer"], r["merged_from"]) for r in doc["rows"]] == [("tcn", 64.6, str(earlier))]
+    assert doc["rows"][0]["frame_rate_hz"] == 50.0  # pre-feature_hop rows: the profile's default front end
+    assert doc["not_run"] == ["armband8/gru"]
+    md = render(doc)
+    assert "| armband8 | tcn [1] | student | 50 |" in md and f"`{earlier}`" in md
+    # Another dataset (other held-out users): the merge is refused, not silently mixed.
+    earlier.write_text(json.dumps({"rows": [old_row], "data": {"armband8": meta | {"test_users": ["u7"]}}}))
+    with pytest.raises(SystemExit, match="not comparable"):
+        collect(args)

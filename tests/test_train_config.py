@@ -68,3 +68,20 @@ def test_shipped_configs_load(path):
 def test_missing_config_names_the_shipped_ones():
     with pytest.raises(ConfigError, match="tiny"):
         resolve_config_path("no-such-config")
+
+
+def test_feature_hop_overrides_the_profiles_front_end_and_refuses_skipping_samples():
+    import pytest
+
+    from emgkey.errors import ConfigError
+    from emgkey.features import FeatureConfig
+    from emgkey.profiles import get_profile
+    from emgkey.train.config import load_config
+    from emgkey.train.loop import feature_config_for
+
+    e2q = get_profile("emg2qwerty")
+    assert feature_config_for(load_config("tiny").data, e2q) == FeatureConfig.for_profile(e2q)
+    fc = feature_config_for(load_config("tiny", ["data.feature_hop=32"]).data, e2q)
+    assert (fc.n_fft, fc.hop, fc.frame_rate_hz) == (64, 32, 62.5)
+    with pytest.raises(ConfigError, match="n_fft=64"):
+        feature_config_for(load_config("tiny", ["data.feature_hop=65"]).data, e2q)

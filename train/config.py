@@ -52,6 +52,10 @@ class DataConfig:
     eval_batch_size: int = 8  # windowed validation/test; whole sessions always go one at a time
     num_workers: int = 0
     feature_kind: Literal["logspec", "logmel"] = "logspec"
+    # Feature hop in samples; 0 keeps the profile's default (FeatureConfig.for_profile: 16 at 2 kHz,
+    # 4 at 200 Hz). The checkpoint stores the front end it was trained with, and the bundle and the
+    # edge runtime take it from there.
+    feature_hop: int = 0
     # Validation/test features do not change between epochs: keep them in memory up to this size.
     cache_eval_features: bool = True
     cache_max_mb: float = 1024.0
@@ -72,6 +76,7 @@ class DataConfig:
         assert self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1"
         assert self.num_workers >= 0, "data.num_workers must be >= 0"
         assert self.feature_kind in ("logspec", "logmel"), f"unknown data.feature_kind {self.feature_kind!r}"
+        assert self.feature_hop >= 0, "data.feature_hop must be >= 0 (0: the profile's default)"
         for name in ("max_train_windows", "max_eval_windows"):
             v = getattr(self, name)
             assert v is None or v >= 1, f"data.{name} must be >= 1 or null"

@@ -3,7 +3,8 @@
 ``train(cfg, data_root, split_file, out_dir)`` reads top to bottom:
 
 1. resolve the split's session files and their device; the feature front end
-   is ``FeatureConfig.for_profile`` of that device (what the edge runtime uses);
+   is ``FeatureConfig.for_profile`` of that device (``data.feature_hop`` may change its
+   hop), stored in the checkpoint, which is where the bundle and edge runtime take it from;
 2. build the model (fresh from the registry, from ``last.pt`` when resuming,
    or from a checkpoint of another device via ``transfer``);
 3. AdamW with OneCycle (or warm-up + cosine) stepped per batch, CTC loss
@@ -34,7 +35,7 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from emgkey.metrics import EditCounts, align
 from emgkey.profiles import DeviceProfile
 from emgkey.train import distributed
 from emgkey.train.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint, unwrap
-from emgkey.train.config import OptimConfig, TrainConfig
+from emgkey.train.config import DataConfig, OptimConfig, TrainConfig
 from emgkey.train.data import Batch, EmgFeatureDataset, SplitPaths, build_dataset, eval_batch_size, make_loader
 from emgkey.train.distributed import DistInfo
 from emgkey.train.models.registry import build_model, default_config
@@ -72,6 +73,18 @@ _RESUMABLE_CHANGES = {"device", "progress", "data.num_workers"}
 
 
 # ---- model and optimisation --------------------------------------------------------------------
+
+
+def feature_config_for(data: DataConfig, profile: DeviceProfile) -> FeatureConfig:
+    """The profile's front end (``FeatureConfig.for_profile``), with ``data.feature_hop`` when set."""
+    fc = FeatureConfig.for_profile(profile, data.feature_kind)
+    if data.feature_hop and data.feature_hop != fc.hop:
+        if data.feature_hop > fc.n_fft:
+            raise ConfigError(
+                f"data.feature_hop={data.feature_hop} exceeds the window (n_fft={fc.n_fft}): samples would be skipped"
+            )
+        fc = replace(fc, hop=data.feature_hop)
+    return fc
 
 
 def model_config_for(cfg: TrainConfig, profile: DeviceProfile, feature_cfg: FeatureConfig) -> dict[str, Any]:
@@ -476,7 +489,7 @@ def _train(
         torch.set_num_threads(cfg.threads)
     split = SplitPaths.resolve(data_root, split_file)
     profile = split.profile
-    feature_cfg = FeatureConfig.for_profile(profile, cfg.data.feature_kind)
+    feature_cfg = feature_config_for(cfg.data, profile)
     if not split.paths["train"]:
         raise ConfigError(f"{split_file}: no training sessions")
 
