@@ -57,6 +57,11 @@ CER_FAR_FROM_USABLE = 50.0  # the paragraph says so when the pick's CER is at or
 CER_AXIS_MAX = 150.0  # plots clip CER here (a flat model under beam search can reach thousands of %)
 
 
+def clip_cer(values: Sequence[float]) -> tuple[list[float], int]:
+    """CERs as plotted (at most ``CER_AXIS_MAX``) and how many were above it."""
+    return [min(v, CER_AXIS_MAX) for v in values], sum(v > CER_AXIS_MAX for v in values)
+
+
 def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     out = []
     for p in paths:
@@ -774,6 +779,14 @@ def draw_plots(results: Sequence[dict[str, Any]], out: Path) -> dict[str, str]:
     curves = [(r["_label"], r["calibration"]) for r in results if r.get("calibration")]
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        n_clipped = 0
+
+        def clip(values: list[float]) -> list[float]:
+            nonlocal n_clipped
+            shown, n = clip_cer(values)
+            n_clipped += n
+            return shown
+
         for label, cal in curves:
             by_model: dict[str, list[dict[str, Any]]] = {}
             for p in cal["curve"]:
@@ -781,10 +794,11 @@ def draw_plots(results: Sequence[dict[str, Any]], out: Path) -> dict[str, str]:
             for model, pts_ in by_model.items():
                 pts_ = sorted(pts_, key=lambda p: p["seconds"])
                 name = f"{model or 'model'} ({label})"
-                ax.plot([p["seconds"] for p in pts_], [p["cer_after"] for p in pts_], "o-", label=f"{name} calibrated")
+                xs = [p["seconds"] for p in pts_]
+                ax.plot(xs, clip([p["cer_after"] for p in pts_]), "o-", label=f"{name} calibrated")
                 ax.plot(
-                    [p["seconds"] for p in pts_],
-                    [p["cer_before"] for p in pts_],
+                    xs,
+                    clip([p["cer_before"] for p in pts_]),
                     ":",
                     alpha=0.6,
                     label=f"{name} before",
@@ -792,7 +806,15 @@ def draw_plots(results: Sequence[dict[str, Any]], out: Path) -> dict[str, str]:
         kind = curves[0][1].get("data", {}).get("kind", "")
         ax.set_xlabel("calibration data (seconds of typing)")
         ax.set_ylabel("CER %")
-        ax.set_title("CER vs calibration seconds" + (" (SIMULATED data)" if "sim" in str(kind) else ""))
+        ax.set_ylim(bottom=0)
+        if n_clipped:
+            ax.set_ylim(0, CER_AXIS_MAX * 1.05)
+        ax.set_title(
+            "CER vs calibration seconds"
+            + (" (SIMULATED data)" if "sim" in str(kind) else "")
+            + (f"\n{n_clipped} point(s) above {CER_AXIS_MAX:g} % drawn at the top" if n_clipped else ""),
+            fontsize=10,
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

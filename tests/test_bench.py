@@ -510,3 +510,9 @@ def test_report_takes_a_calibration_file_once(
     capsys.readouterr()
     assert main(["report", str(a), "--out", str(tmp_path / "rep2"), "--calibration", str(cal)]) != 0
     assert "already carry calibration results" in capsys.readouterr().err
+
+
+def test_plotted_cer_is_clipped_at_the_axis_top_and_counted() -> None:
+    from emgkey.benchmarks.report import CER_AXIS_MAX, clip_cer
+
+    assert clip_cer([30.0, 289.0, CER_AXIS_MAX]) == ([30.0, CER_AXIS_MAX, CER_AXIS_MAX], 1)
