@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-verify", action="store_true", help="skip runtime verification (files stay unverified)")
     b.set_defaults(func=_bundle)
 
+    r = esub.add_parser("reproduce", help="re-measure a bundle's recorded test CER from its files (needs the data)")
+    r.add_argument("bundle", help="bundle folder")
+    r.add_argument("--data", required=True, help="the dataset folder the bundle was scored on")
+    r.add_argument("--split", default=None, help="split YAML (default: the one in the manifest)")
+    r.set_defaults(func=_reproduce)
+
     v = sub.add_parser("verify", help="run a bundle's files on every installed runtime against its fp32 reference")
     v.add_argument("bundle", help="bundle folder")
     v.add_argument("--runtimes", type=_csv, default=None, help="only these (onnxruntime,ai-edge-litert,tflite-runtime)")
@@ -116,6 +122,19 @@ def _print_files(manifest: dict) -> None:
     for f in manifest["files"]:
         checks = ", ".join(f"{r['runtime']} {'ok' if r['supported'] else 'UNSUPPORTED'}" for r in f.get("runtimes", []))
         print(f"{f['path']:28s} {f['format']:6s} {f['precision']:4s} {f['graph']:9s} {f['bytes']:>10d} B  {checks}")
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from emgkey.export.reproduce import reproduce
+
+    rows = reproduce(args.bundle, args.data, args.split)
+    for r in rows:
+        state = "refused" if r["match"] is None else ("same" if r["match"] else "DIFFERS")
+        now = "-" if r["cer"] is None else f"{r['cer']:.4f}"
+        print(
+            f"{r['file']:22s} {r['runtime'] or '-':15s} recorded {r['recorded_cer']:.4f} now {now} {state} {r['note']}"
+        )
+    return 0 if all(r["match"] is not False for r in rows) else 1
 
 
 def _verify(args: argparse.Namespace) -> int:

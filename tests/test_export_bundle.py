@@ -293,3 +293,16 @@ def test_candidate_selection_prefers_fidelity_then_size():
     b2 = cand("nncf", 30.0, 0.99, 200, 0.5, fp32=31.0)
     assert bundle_writer._pick([a2, b2], fp32_cer=31.0) is a2
     assert bundle_writer._pick([a2, b2]) is b2
+
+
+def test_reproduce_measures_the_recorded_test_cer_again_from_the_files(bundle, data, tmp_path):
+    from emgkey.export.reproduce import reproduce
+
+    root, split = data
+    rows = reproduce(bundle, root, split)
+    assert {r["file"] for r in rows} == {"model_fp32.onnx", "model_int8.onnx"}
+    assert all(r["match"] for r in rows), rows
+    # Other data than the bundle was scored on is refused, not compared.
+    other, other_split = make_dataset(tmp_path / "other", ARMBAND8, seconds=3.0)
+    with pytest.raises(ConfigError, match="characters"):
+        reproduce(bundle, other, other_split)
