@@ -202,6 +202,11 @@ def distill(
     if tk["profile"]["name"] != profile.name:
         raise ConfigError(f"the teacher was trained on {tk['profile']['name']!r} data; this split is {profile.name!r}")
     feature_cfg = FeatureConfig.from_dict(tk["feature_config"])
+    if cfg.data.feature_hop and cfg.data.feature_hop != feature_cfg.hop:
+        raise ConfigError(
+            f"data.feature_hop={cfg.data.feature_hop}, but the teacher was trained with hop {feature_cfg.hop}: "
+            "the student sees the teacher's features (leave data.feature_hop at 0)"
+        )
     if feature_cfg.kind != cfg.data.feature_kind:
         cfg.data.feature_kind = feature_cfg.kind  # the student must see the teacher's features
     dev = resolve_device(device or cfg.device, DistInfo())

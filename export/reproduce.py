@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from emgkey.bundle import load_bundle, sha256_file
+from emgkey.bundle import BundleError, load_bundle, sha256_file
 from emgkey.errors import ConfigError
 
 TOLERANCE = 1e-3  # the manifest rounds CER to 4 decimals
@@ -70,7 +70,7 @@ def reproduce(
         row: dict[str, Any] = {"file": f.path, "runtime": rec.get("runtime"), "recorded_cer": rec["cer"]}
         try:
             eng = engines.open_engine(b, precision=f.precision, format=f.format, threads=1)
-        except Exception as exc:  # refused at load (unsupported on this runtime): a device would refuse it too
+        except BundleError as exc:  # refused at load (unsupported on this runtime): a device would refuse it too
             row |= {"cer": None, "match": None, "note": f"refused: {exc}"}
             rows.append(row)
             continue

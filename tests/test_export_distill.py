@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from emgkey.errors import ConfigError
+
 torch = pytest.importorskip("torch", reason="distillation needs the training extras (torch)")
 from test_train_common import make_dataset  # noqa: E402
 
@@ -96,3 +98,7 @@ def test_a_short_distillation_run(tmp_path):
     assert ck["extra"]["distillation"]["teacher_model"] == "tds_conv"
     assert ck["extra"]["distillation"]["alpha"] == 0.7
     assert json.loads((tmp_path / "run" / "results.json").read_text())["distillation"]["alignment"]["offset"] > 0
+    # A student asked to use another feature hop than its teacher's is refused, not silently given the teacher's.
+    bad = load_config("tiny", ["model=gru", "epochs=1", "data.feature_hop=8"])
+    with pytest.raises(ConfigError, match="feature_hop"):
+        distill(tmp_path / "teacher.pt", bad, root, split, tmp_path / "run2", DistillConfig())

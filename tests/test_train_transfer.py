@@ -140,3 +140,27 @@ def test_transfer_run_end_to_end(tmp_path):
     _, meta = load_model(out / "best.pt")
     assert meta["profile"]["name"] == "armband8" and meta["model_config"]["channels"] == 8
     assert load_checkpoint(out / "last.pt")["train_config"]["transfer"]["init_from"] == str(path)
+
+
+def test_fine_tuning_on_the_same_device_keeps_the_checkpoints_feature_hop(tmp_path):
+    from dataclasses import replace
+
+    feats = replace(E2Q_FEATS, hop=32)
+    torch.manual_seed(0)
+    cfg = default_config("gru", "emg2qwerty", feats, size="tiny").to_dict()
+    path = save_checkpoint(
+        tmp_path / "e2q_hop32.pt",
+        model=build_model(cfg),
+        model_config=cfg,
+        feature_config=feats,
+        profile=EMG2QWERTY,
+        train_config=TrainConfig(model="gru", model_size="tiny").to_dict(),
+        epoch=1,
+        best_val_cer=50.0,
+        best_epoch=0,
+    )
+    root, split = make_dataset(tmp_path / "e2q", EMG2QWERTY, seconds=6.0)
+    sets = [f"transfer.init_from={path}", "epochs=1", "device=cpu", "data.max_train_windows=2", "eval_test=false"]
+    out = tmp_path / "run"
+    train(load_config("tiny", [*sets, "data.max_eval_windows=1"]), root, split, out)
+    assert load_checkpoint(out / "last.pt")["feature_config"]["hop"] == 32

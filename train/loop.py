@@ -490,6 +490,13 @@ def _train(
     split = SplitPaths.resolve(data_root, split_file)
     profile = split.profile
     feature_cfg = feature_config_for(cfg.data, profile)
+    if ckpt is not None:  # resuming: the front end the run started with
+        feature_cfg = FeatureConfig.from_dict(ckpt["feature_config"])
+    elif cfg.transfer.init_from and not cfg.data.feature_hop:
+        # Fine-tuning on the same device (personalisation) keeps the hop the checkpoint was trained with.
+        src = load_checkpoint(cfg.transfer.init_from)
+        if src["profile"]["name"] == profile.name:
+            feature_cfg = replace(feature_cfg, hop=FeatureConfig.from_dict(src["feature_config"]).hop)
     if not split.paths["train"]:
         raise ConfigError(f"{split_file}: no training sessions")
 
