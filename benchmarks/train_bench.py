@@ -207,8 +207,23 @@ def _dataset_meta(data_root: str, profile: str) -> dict[str, Any] | None:
     if not meta.is_file():
         return None
     d = json.loads(meta.read_text())
-    keys = ("simulated", "seed", "n_users", "sessions_per_user", "minutes_per_session", "test_users")
-    return {k: d.get(k) for k in keys}
+    keys = (
+        "simulated",
+        "simulator_version",
+        "seed",
+        "n_users",
+        "sessions_per_user",
+        "minutes_per_session",
+        "test_users",
+    )
+    return _with_version({k: d.get(k) for k in keys})
+
+
+def _with_version(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Datasets and results from before ``simulator_version`` existed are version 1."""
+    if meta is None or not meta.get("simulated"):
+        return meta
+    return {**meta, "simulator_version": meta.get("simulator_version") or 1}
 
 
 def merge_rows(
@@ -217,7 +232,7 @@ def merge_rows(
     """Fill pairs without a finished run under --out from an earlier ``train_bench.json`` of the same data.
 
     A merged row keeps its numbers and says where it came from (``merged_from``). The earlier
-    document must describe the same dataset (seed, users, sessions, minutes, held-out users) for the
+    document must describe the same dataset (simulator version, seed, users, sessions, minutes, held-out users) for the
     profile, or the merge is refused: CERs on other data are not comparable.
     """
     doc = json.loads(earlier.read_text())
@@ -229,9 +244,10 @@ def merge_rows(
         if r is None:
             left.append(pair)
             continue
-        if doc.get("data", {}).get(profile) != data.get(profile):
+        theirs = _with_version(doc.get("data", {}).get(profile))
+        if theirs != data.get(profile):
             raise SystemExit(
-                f"--merge {earlier}: its {profile} dataset {doc.get('data', {}).get(profile)} differs from "
+                f"--merge {earlier}: its {profile} dataset {theirs} differs from "
                 f"{data.get(profile)}; rows from other data are not comparable"
             )
         merged = {**r, "merged_from": str(earlier)}

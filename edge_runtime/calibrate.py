@@ -197,13 +197,14 @@ class Scorer:
 def open_deployed_engine(
     bundle: Bundle, precision: str = "int8", format: str = "onnx", threads: int = 1
 ) -> tuple[StreamingEngine, str]:
-    """The streaming engine ``emgkey run`` would open; a bundle without that precision falls back to fp32."""
+    """The streaming engine a device would run: that precision, else fp32 when the bundle has no such file or
+    its file failed verification on this runtime (an int8 file outside the int8 tolerances)."""
     try:
         return open_engine(bundle, precision=precision, format=format, threads=threads), precision
     except BundleError as exc:
-        if precision == "fp32" or exc.code != "no_such_file":
+        if precision == "fp32" or exc.code not in ("no_such_file", "runtime_unsupported"):
             raise
-        log.info("%s has no %s %s file; using fp32", bundle.root, format, precision)
+        log.info("%s: no usable %s %s file (%s); using fp32", bundle.root, format, precision, exc.code)
         return open_engine(bundle, precision="fp32", format=format, threads=threads), "fp32"
 
 

@@ -36,7 +36,7 @@ from emgkey.atomic import atomic_write_text
 from emgkey.corpus import PromptSampler, corpus_fingerprint, split_prompts
 from emgkey.errors import ConfigError
 from emgkey.firmware_sim.frontend import FrontendParams
-from emgkey.firmware_sim.physiology import CarrierSpectrum, ConductionParams
+from emgkey.firmware_sim.physiology import SIMULATOR_VERSION, CarrierSpectrum, ConductionParams
 from emgkey.firmware_sim.population import ActivationTiming, Population
 from emgkey.firmware_sim.simulate import SessionStream, prompt_schedule_seed
 from emgkey.firmware_sim.typist import TypingStyle
@@ -152,6 +152,7 @@ def _run_task(task: SessionTask) -> tuple[SessionInfo, dict[str, Any]]:
         "simulated": True,
         "simulated_note": SIMULATED_NOTE,
         "emgkey_version": __version__,
+        "simulator_version": SIMULATOR_VERSION,
         "sim_seed": task.seed,
         "sim_user_id": task.user_id,
         "sim_session_idx": task.session_idx,
@@ -301,6 +302,7 @@ def _dataset_json(summary: DatasetSummary, profile: DeviceProfile) -> dict[str, 
         "simulated": True,
         "generator": "emgkey sim dataset",
         "emgkey_version": __version__,
+        "simulator_version": SIMULATOR_VERSION,
         "profile": profile.to_dict(),
         "seed": summary.seed,
         "n_users": summary.n_users,

@@ -62,13 +62,13 @@ class UserVariability:
     """How much users differ from each other (all assumed unless docs/simulator.md says otherwise)."""
 
     band_rotation_deg: float = 56.25  # uniform +-, = 2.5 electrode spacings of the 16-channel band
-    muscle_angle_sd_deg: float = 8.0
+    muscle_angle_sd_deg: float = 4.0  # small next to the ~22 deg between finger compartments: their order is anatomy
     muscle_depth_sd_mm: float = 1.5
     muscle_gain_sigma: float = 0.35  # log-normal: muscle size and belly position differ
     muscle_spectral_sigma: float = 0.15  # log-normal: fibre types and conduction velocity differ per muscle
     palmaris_absent_prob: float = 0.15
-    finger_mix_sigma: float = 0.5  # log-normal on each muscle's weight, shared by the keys of one finger
-    finger_spill: float = 0.2  # extra activation of random other muscles, per finger (idiosyncratic strategy)
+    finger_mix_sigma: float = 0.2  # log-normal on each muscle's weight, shared by the keys of one finger
+    finger_spill: float = 0.05  # extra activation of random other muscles, per finger (idiosyncratic strategy)
     key_mix_sigma: float = 0.15  # log-normal per key on top of the finger's mix
     amplitude_sigma: float = 0.3  # overall sEMG amplitude (skin, body size)
     contact_gain_sd: float = 0.2  # smooth log-gain field around the band
@@ -345,7 +345,7 @@ class Population:
             muscle_depth_offset_mm=rng.normal(0.0, v.muscle_depth_sd_mm, (N_ARMS, m)),
             muscle_gain=gain,
             tonic=0.5 * tonic_base[None, :] * _log_normal(rng, 0.4) * _log_normal(rng, 0.3, (N_ARMS, m)),
-            amplitude_uv=float(600.0 * _log_normal(rng, v.amplitude_sigma)),
+            amplitude_uv=float(900.0 * _log_normal(rng, v.amplitude_sigma)),
             spectral_scale=_log_normal(rng, 0.1) * _log_normal(rng, v.muscle_spectral_sigma, (N_ARMS, m)),
             contact_gain_field=rng.normal(0.0, v.contact_gain_sd, (N_ARMS, h, 2)) / harmonic_decay,
             contact_noise_field=rng.normal(0.0, v.contact_noise_sd, (N_ARMS, h, 2)) / harmonic_decay,

@@ -278,6 +278,7 @@ def key_id_proxy(features: Sequence[KeystrokeFeatures]) -> dict[str, Any]:
     """
     users = sorted({kf.user for kf in features})
     per_user = []
+    confusions: dict[tuple[str, str], int] = {}  # the generic classifier's errors, unordered pairs of base keys
     for u in users:
         own = [kf for kf in features if kf.user == u]
         if len(own) < 2:
@@ -296,7 +297,13 @@ def key_id_proxy(features: Sequence[KeystrokeFeatures]) -> dict[str, Any]:
         acc = {}
         for name, (xt, yt) in (("personalized", (x_own, y_own)), ("generic", (x_gen, y_gen))):
             w, b = _lda_fit(xt, yt, len(classes), LDA_SHRINKAGE)
-            acc[name] = float(np.mean(np.argmax(x_test @ w + b, axis=1) == y_test))
+            pred = np.argmax(x_test @ w + b, axis=1)
+            acc[name] = float(np.mean(pred == y_test))
+            if name == "generic":
+                for t, q in zip(y_test, pred):
+                    k1, k2 = sorted((base_key(classes[t]), base_key(classes[q])))
+                    if k1 != k2:
+                        confusions[(k1, k2)] = confusions.get((k1, k2), 0) + 1
         counts = np.bincount(y_test, minlength=len(classes))
         per_user.append(
             {
@@ -311,7 +318,31 @@ def key_id_proxy(features: Sequence[KeystrokeFeatures]) -> dict[str, Any]:
         k: float(np.mean([p[k] for p in per_user])) if per_user else math.nan
         for k in ("personalized", "generic", "chance")
     }
-    return {"per_user": per_user, "mean": summary}
+    return {"per_user": per_user, "mean": summary, "generic_confusions": confusion_summary(confusions)}
+
+
+def confusion_summary(confusions: dict[tuple[str, str], int], top: int = TOP_PAIRS) -> dict[str, Any]:
+    """Which letter pairs a classifier confuses most, and how many of them one finger types.
+
+    Letters only (the keys every user presses often), counted both ways. The real-data fact this checks:
+    decoders mostly confuse keys typed by the same finger.
+    """
+    letters = {p: c for p, c in confusions.items() if all(len(k) == 1 and k.isalpha() for k in p)}
+    ranked = sorted(letters.items(), key=lambda pc: (-pc[1], pc[0]))
+    same = [(_finger_of(a) == _finger_of(b), _finger_of(a)[0] == _finger_of(b)[0]) for (a, b), _ in ranked]
+    total = sum(letters.values())
+    return {
+        "top_pairs": [
+            {"keys": [a, b], "count": c, "same_finger": sf, "same_hand": sh}
+            for ((a, b), c), (sf, sh) in zip(ranked[:top], same[:top])
+        ],
+        "top_same_finger_fraction": float(np.mean([sf for sf, _ in same[:top]])) if ranked else math.nan,
+        "top_same_hand_fraction": float(np.mean([sh for _, sh in same[:top]])) if ranked else math.nan,
+        "errors_same_finger_fraction": (
+            sum(c for ((a, b), c), (sf, _) in zip(ranked, same) if sf) / total if total else math.nan
+        ),
+        "n_errors": int(total),
+    }
 
 
 # ---- the report ----------------------------------------------------------------------------------
@@ -519,6 +550,18 @@ def _markdown(report: dict[str, Any], figures: Sequence[Path]) -> str:
             f"{p['generic']:.2f} |"
         )
     lines.append(f"| **mean** | | | {m['chance']:.2f} | {m['personalized']:.2f} | {m['generic']:.2f} |")
+    gc = kp.get("generic_confusions")
+    if gc and gc["top_pairs"]:
+        pairs = ", ".join(
+            f"{p['keys'][0]}/{p['keys'][1]} x{p['count']}{'*' if p['same_finger'] else ''}" for p in gc["top_pairs"]
+        )
+        lines += [
+            "",
+            f"Letter pairs the generic classifier confuses most (* same finger): {pairs}. "
+            f"**{gc['top_same_finger_fraction']:.0%} of the top {len(gc['top_pairs'])} same finger**, "
+            f"{gc['top_same_hand_fraction']:.0%} same hand; {gc['errors_same_finger_fraction']:.0%} of all "
+            f"{gc['n_errors']} letter confusions same finger.",
+        ]
     lines += ["", f"## Figures ({SIMULATED})", ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     return "\n".join(lines) + "\n"

@@ -196,3 +196,23 @@ def test_signature_dataclass_round_trips_through_the_bundle(toy):
     sig = toy.manifest.streaming
     assert StreamingSignature.from_dict(sig.to_dict()) == sig
     assert sig.state_output_names == ("h_out",)
+
+
+def test_deployed_engine_falls_back_to_fp32_when_int8_failed_verification(tmp_path):
+    from emgkey.edge_runtime.calibrate import open_deployed_engine
+
+    root = build_toy_bundle(tmp_path, int8=True)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for f in manifest["files"]:
+        if f["precision"] == "int8":
+            for r in f["runtimes"]:
+                r["supported"], r["note"] = False, "CER +1.56 points > 1"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    b = load_bundle(root)
+    with pytest.raises(BundleError, match="runtime_unsupported"):
+        open_engine(b, precision="int8")  # `emgkey run` refuses it ...
+    engine, precision = open_deployed_engine(b, "int8")  # ... so calibration compares what a device can run
+    assert precision == "fp32" and engine.runtime == "onnxruntime"
+    bad = load_bundle(build_toy_bundle(tmp_path / "b", int8=False, runtimes_ok=False))
+    with pytest.raises(BundleError, match="runtime_unsupported"):
+        open_deployed_engine(bad, "int8")  # no verified file at all: refused, not hidden

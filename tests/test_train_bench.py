@@ -138,6 +138,13 @@ def test_merge_fills_missing_pairs_from_an_earlier_run_of_the_same_data_only(tmp
     assert doc["not_run"] == ["armband8/gru"]
     md = render(doc)
     assert "| armband8 | tcn [1] | student | 50 |" in md and f"`{earlier}`" in md
+    # The same users from another simulator version: refused (files without a version are version 1).
+    (tmp_path / "d" / "armband8" / "dataset.json").write_text(
+        json.dumps(meta | {"test_users": ["u5"], "simulator_version": 2})
+    )
+    with pytest.raises(SystemExit, match="not comparable"):
+        collect(args)
+    (tmp_path / "d" / "armband8" / "dataset.json").write_text(json.dumps(meta | {"test_users": ["u5"]}))
     # Another dataset (other held-out users): the merge is refused, not silently mixed.
     earlier.write_text(json.dumps({"rows": [old_row], "data": {"armband8": meta | {"test_users": ["u7"]}}}))
     with pytest.raises(SystemExit, match="not comparable"):
