@@ -71,8 +71,32 @@ class Student:
 # Users: calibration recordings and evaluation sessions
 
 
+def average_arm_population(seed: int) -> Any:
+    """The population with every per-user placement and anatomy difference off (band rotation, muscle
+    positions, sizes and spectra, finger and key mixes, palmaris; re-donning rotation too): each user
+    keeps their typing, amplitude, contacts and noise. The base model on these users is what it would
+    do if calibration removed every anatomical and placement mismatch."""
+    from emgkey.firmware_sim.population import Population, SessionVariability, UserVariability
+
+    user = UserVariability(
+        band_rotation_deg=0.0, muscle_angle_sd_deg=0.0, muscle_depth_sd_mm=0.0, muscle_gain_sigma=0.0,
+        muscle_spectral_sigma=0.0, palmaris_absent_prob=0.0, finger_mix_sigma=0.0, finger_spill=0.0,
+        key_mix_sigma=0.0,
+    )  # fmt: skip
+    return Population(seed, user, SessionVariability(donning_rotation_sd_deg=0.0))
+
+
+def _save_eval(path: Path, sess: Any) -> None:
+    from emgkey.labels import LabelData
+
+    target = LabelData.from_keystrokes(sess.keystrokes)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, emg=sess.emg_uv(), target=np.array(target.label_str))
+
+
 def prepare_users(args: argparse.Namespace, profile_name: str, work: Path) -> list[dict[str, Any]]:
-    """Simulate each held-out user's calibration recording and evaluation session (saved under ``work``)."""
+    """Simulate each held-out user's calibration recording and evaluation session (saved under ``work``),
+    and the evaluation session of the same user with the average arm (``average_arm_population``)."""
     from emgkey.edge_runtime.calib_data import PromptChoice
     from emgkey.edge_runtime.calib_record import simulated_recording
     from emgkey.firmware_sim.simulate import simulate_session
@@ -90,13 +114,25 @@ def prepare_users(args: argparse.Namespace, profile_name: str, work: Path) -> li
         used = {pid for pid, _ in calib_prompts}
         extra = PromptChoice(seed=args.seed + 1).choose(choice.enough_for(args.eval_seconds) + len(used), f"e{uid}")
         eval_prompts = [t for pid, t in extra if pid not in used]
-        sess = simulate_session(profile, uid, 1, args.eval_seconds / 60.0, args.population_seed, eval_prompts)
-        target = LabelData.from_keystrokes(sess.keystrokes)
+        minutes = args.eval_seconds / 60.0
+        sess = simulate_session(profile, uid, 1, minutes, args.population_seed, eval_prompts)
         calib_path = rec.save(work / f"user{uid}_calib.npz")
-        eval_path = work / f"user{uid}_eval.npz"
-        with open(eval_path, "wb") as f:
-            np.savez_compressed(f, emg=sess.emg_uv(), target=np.array(target.label_str))
-        users.append({"user": uid, "calib": str(calib_path), "eval": str(eval_path), "keys": len(target)})
+        eval_path, avg_path = work / f"user{uid}_eval.npz", work / f"user{uid}_eval_average_arm.npz"
+        _save_eval(eval_path, sess)
+        avg = average_arm_population(args.population_seed)
+        _save_eval(
+            avg_path, simulate_session(profile, uid, 1, minutes, args.population_seed, eval_prompts, population=avg)
+        )
+        keys = len(LabelData.from_keystrokes(sess.keystrokes))
+        users.append(
+            {
+                "user": uid,
+                "calib": str(calib_path),
+                "eval": str(eval_path),
+                "eval_average_arm": str(avg_path),
+                "keys": keys,
+            }
+        )
     return users
 
 
@@ -185,6 +221,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         rec = CalibrationRecording.load(u["calib"])
         if job["with_before"]:
             u_before = evaluate_deployed(job["bundle"], None, u["eval"])
+            if u.get("eval_average_arm"):
+                u_before["average_arm"] = evaluate_deployed(job["bundle"], None, u["eval_average_arm"])
         for seconds in job["seconds"]:
             row: dict[str, Any] = {"student": job["student"], "strategy": strategy, "user": u["user"]}
             row["seconds"] = seconds
@@ -289,6 +327,11 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
             return round(statistics.fmean(xs), 3) if xs else None
 
         b_cer = [before[(r["student"], r["user"])]["cer"] for r in ok]
+        avg_cer = [
+            before[(r["student"], r["user"])]["average_arm"]["cer"]
+            for r in ok
+            if "average_arm" in before[(r["student"], r["user"])]
+        ]
         a_cer = [r["after"]["cer"] for r in ok]
         d_cer = [r["after"]["cer"] if r.get("accepted", True) else b for r, b in zip(ok, b_cer)]
         rel = [(b - a) / b for b, a in zip(b_cer, a_cer) if b > 0]
@@ -303,6 +346,7 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
                 "cer_before": mean(b_cer),
                 "cer_after": mean(a_cer),
                 "cer_deployed": mean(d_cer),
+                "cer_average_arm": mean(avg_cer) if len(avg_cer) == len(ok) else None,
                 "cer_reduction_mean": mean(rel),
                 "nll_before": mean([before[(r["student"], r["user"])]["nll"] for r in ok]),
                 "nll_after": mean([r["after"]["nll"] for r in ok]),
@@ -331,18 +375,22 @@ def markdown(result: dict[str, Any]) -> str:
         f"prompted typing), evaluation on session 1 ({s['eval_seconds']:g} s, other prompts). CER in % against the "
         "keys pressed (greedy, streaming runtime); NLL = CTC negative log-likelihood per key of those keys. "
         f"'deployed' keeps the base model when the calibration did not beat it on its held-out prompts. "
-        f"Strategy 2 / scratch time budget {s['budget_s']:g} s of training. Machine: {s['machine']}.",
+        f"Strategy 2 / scratch time budget {s['budget_s']:g} s of training. Machine: {s['machine']}. "
+        "'average arm': the base model on the same users' evaluation sessions simulated with every per-user "
+        "placement and anatomy difference off (band rotation, muscle positions and sizes, finger and key mixes): "
+        "what it would do if calibration undid all of them.",
         "",
         "| student | strategy | s | users (failed) | CER before | CER after | CER deployed | CER reduction | "
-        "NLL before | NLL after | accepted | compute s (median / max) | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "CER average arm | NLL before | NLL after | accepted | compute s (median / max) | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["summary"]:
         red = r["cer_reduction_mean"]
         lines.append(
             f"| {r['student']} | {r['strategy']} | {r['seconds']:g} | {r['users']} ({r['failed']}) | "
             f"{_fmt(r['cer_before'])} | {_fmt(r['cer_after'])} | {_fmt(r['cer_deployed'])} | "
-            f"{'-' if red is None else f'{100 * red:+.1f}%'} | {_fmt(r['nll_before'], 3)} | "
+            f"{'-' if red is None else f'{100 * red:+.1f}%'} | {_fmt(r.get('cer_average_arm'))} | "
+            f"{_fmt(r['nll_before'], 3)} | "
             f"{_fmt(r['nll_after'], 3)} | {_fmt(r['accepted'])} | {_fmt(r['compute_s_median'])} / "
             f"{_fmt(r['compute_s_max'])} | {_fmt(r['peak_rss_mb'], 0)} |"
         )
@@ -369,6 +417,9 @@ def targets(summary: list[dict[str, Any]]) -> list[str]:
         red = r["cer_reduction_mean"]
         verdict = "meets" if red >= 0.4 else "misses"
         line = f"{student} / {strategy}: CER reduced by {100 * red:.1f}% on average ({verdict} >= 40%)"
+        if r.get("cer_average_arm") is not None and r["cer_before"]:
+            room = (r["cer_before"] - r["cer_average_arm"]) / r["cer_before"]
+            line += f"; undoing every placement and anatomy difference would remove {100 * room:.1f}%"
         if scratch and scratch["cer_after"] is not None and r["cer_after"] is not None:
             # CER differences within a point are noise (at ~100% CER they are a stray key); then NLL decides.
             diff = r["cer_after"] - scratch["cer_after"]

@@ -1,0 +1,35 @@
+"""benchmarks/calibration_bench.py: the summary and the average-arm reference (hand-made rows)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from emgkey.benchmarks.calibration_bench import average_arm_population, markdown, summarize, targets
+from emgkey.firmware_sim.population import Population
+
+
+def test_average_arm_users_keep_their_typing_but_lose_placement_and_anatomy():
+    real, avg = Population(0).user(1003), average_arm_population(0).user(1003)
+    assert real.style == avg.style  # same typist
+    assert np.any(real.band_rotation_deg != 0) and np.all(avg.band_rotation_deg == 0)
+    assert np.all(avg.muscle_angle_offset_deg == 0)
+    assert np.all(avg.session(1).donning_rotation_deg == 0) and np.any(real.session(1).donning_rotation_deg != 0)
+
+
+def test_summary_reports_the_average_arm_reference_and_the_room_it_leaves():
+    def row(user: int, before: float, avg: float, after: float) -> dict:
+        return {
+            "student": "tcn (tcn)", "strategy": "stats", "user": user, "seconds": 60.0, "accepted": True,
+            "compute_s": 1.0, "before": {"cer": before, "nll": 2.0, "average_arm": {"cer": avg, "nll": 1.9}},
+            "after": {"cer": after, "nll": 1.8},
+        }  # fmt: skip
+
+    summary = summarize([row(0, 60.0, 50.0, 57.0), row(1, 40.0, 30.0, 36.0)], {})
+    (s,) = summary
+    assert s["cer_before"] == 50.0 and s["cer_average_arm"] == 40.0 and s["cer_after"] == 46.5
+    (t,) = targets(summary)
+    assert "would remove 20.0%" in t and "misses >= 40%" in t
+    settings = {"users": 2, "first_user": 1000, "profile": "armband8", "seconds": [60.0], "eval_seconds": 60.0,
+                "budget_s": 30.0, "machine": "test"}  # fmt: skip
+    md = markdown({"settings": settings, "summary": summary, "targets": [t]})
+    assert "| 40.0 |" in md and "average arm" in md
