@@ -38,6 +38,7 @@ from scipy import signal
 from emgkey import __version__
 from emgkey.atomic import atomic_write_text
 from emgkey.firmware_sim.keyboard import SHIFT, base_key, key_geometry
+from emgkey.firmware_sim.physiology import SIMULATOR_VERSION
 from emgkey.firmware_sim.simulate import SimulatedSession, simulate_session
 from emgkey.profiles import DeviceProfile, get_profile
 
@@ -394,6 +395,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
         "title": f"emgkey simulator realism report ({SIMULATED})",
         "simulated": True,
         "emgkey_version": __version__,
+        "simulator_version": SIMULATOR_VERSION,
         "profile": cfg.profile.to_dict(),
         "config": {
             "users": cfg.users,
@@ -477,7 +479,8 @@ def _markdown(report: dict[str, Any], figures: Sequence[Path]) -> str:
     lines = [
         f"# {report['title']}",
         "",
-        f"**{SIMULATED}** from `emgkey sim` (emgkey {report['emgkey_version']}), "
+        f"**{SIMULATED}** from `emgkey sim` (emgkey {report['emgkey_version']}, simulator version "
+        f"{report.get('simulator_version', 1)}), "
         f"profile `{report['profile']['name']}`, "
         f"{cfg['users']} users x {cfg['sessions_per_user']} sessions x {cfg['minutes']} min, seed {cfg['seed']}. "
         "Nothing here was recorded from a person.",
