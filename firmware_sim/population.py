@@ -62,7 +62,7 @@ class UserVariability:
     """How much users differ from each other (all assumed unless docs/simulator.md says otherwise)."""
 
     band_rotation_deg: float = 56.25  # uniform +-, = 2.5 electrode spacings of the 16-channel band
-    muscle_angle_sd_deg: float = 4.0  # small next to the ~22 deg between finger compartments: their order is anatomy
+    muscle_angle_sd_deg: float = 4.0  # small next to the ~25 deg between finger compartments: their order is anatomy
     muscle_depth_sd_mm: float = 1.5
     muscle_gain_sigma: float = 0.35  # log-normal: muscle size and belly position differ
     muscle_spectral_sigma: float = 0.15  # log-normal: fibre types and conduction velocity differ per muscle
