@@ -143,54 +143,6 @@ def run_jobs(jobs: Sequence[Job], workers: int, log_dir: Path) -> None:
         time.sleep(1.0)
 
 
-def _finger(ch: str) -> str | None:
-    from emgkey.firmware_sim.keyboard import char_to_key, is_typeable, key_geometry
-
-    if not is_typeable(ch):
-        return None
-    g = key_geometry(char_to_key(ch))
-    return f"{g.hand} {g.finger}"
-
-
-def confusion_summary(substitutions: Sequence[Sequence[Any]], top: int = TOP_PAIRS) -> dict[str, Any]:
-    """Top unordered confused key pairs (case folded, space and non-keys left out) and how many share a finger."""
-    pairs: dict[tuple[str, str], int] = {}
-    for a, b, n in substitutions:
-        a, b = str(a).lower(), str(b).lower()
-        if a == b or " " in (a, b) or _finger(a) is None or _finger(b) is None:
-            continue
-        key = (min(a, b), max(a, b))
-        pairs[key] = pairs.get(key, 0) + int(n)
-    ranked = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    rows = [
-        {
-            "keys": k,
-            "count": n,
-            "fingers": [_finger(k[0]), _finger(k[1])],
-            "same_finger": _finger(k[0]) == _finger(k[1]),
-        }
-        for k, n in ranked
-    ]
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    all_pairs = [(a, b) for i, a in enumerate(letters) for b in letters[i + 1 :]]
-    chance = sum(_finger(a) == _finger(b) for a, b in all_pairs) / len(all_pairs)
-    frac = sum(r["same_finger"] for r in rows) / len(rows) if rows else float("nan")
-    hand = sum(_hand(k[0]) == _hand(k[1]) for k in (r["keys"] for r in rows)) / len(rows) if rows else float("nan")
-    chance_hand = sum(_hand(a) == _hand(b) for a, b in all_pairs) / len(all_pairs)
-    return {
-        "top": rows,
-        "same_finger_fraction": frac,
-        "chance_fraction_letters": chance,
-        "same_hand_fraction": hand,
-        "chance_same_hand_letters": chance_hand,
-    }
-
-
-def _hand(ch: str) -> str | None:
-    f = _finger(ch)
-    return f.split()[0] if f else None
-
-
 def _complexity(ckpt: Path) -> dict[str, Any]:
     from emgkey.features import FeatureConfig
     from emgkey.train.checkpoint import build_from_checkpoint, load_checkpoint
@@ -283,6 +235,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             row["generic_test_cer"] = gen["test"]["cer"]
             row["best_val_cer"] = gen.get("best_val_cer")  # validation users are training users
             row["generic_test"] = {k: gen["test"][k] for k in ("cer", "ins", "del", "sub")}
+            from emgkey.firmware_sim.report import confusion_summary
+
             row["confusions"] = confusion_summary(gen["test"].get("substitutions", []))
             if (run / "transfer" / "results.json").is_file():
                 tr = json.loads((run / "transfer" / "results.json").read_text())

@@ -37,7 +37,7 @@ from scipy import signal
 
 from emgkey import __version__
 from emgkey.atomic import atomic_write_text
-from emgkey.firmware_sim.keyboard import SHIFT, base_key, key_geometry
+from emgkey.firmware_sim.keyboard import SHIFT, base_key, char_to_key, is_typeable, key_geometry
 from emgkey.firmware_sim.physiology import SIMULATOR_VERSION
 from emgkey.firmware_sim.simulate import SimulatedSession, simulate_session
 from emgkey.profiles import DeviceProfile, get_profile
@@ -279,7 +279,7 @@ def key_id_proxy(features: Sequence[KeystrokeFeatures]) -> dict[str, Any]:
     """
     users = sorted({kf.user for kf in features})
     per_user = []
-    confusions: dict[tuple[str, str], int] = {}  # the generic classifier's errors, unordered pairs of base keys
+    confusions: list[tuple[str, str, int]] = []  # the generic classifier's errors between letters (true, predicted, 1)
     for u in users:
         own = [kf for kf in features if kf.user == u]
         if len(own) < 2:
@@ -301,10 +301,8 @@ def key_id_proxy(features: Sequence[KeystrokeFeatures]) -> dict[str, Any]:
             pred = np.argmax(x_test @ w + b, axis=1)
             acc[name] = float(np.mean(pred == y_test))
             if name == "generic":
-                for t, q in zip(y_test, pred):
-                    k1, k2 = sorted((base_key(classes[t]), base_key(classes[q])))
-                    if k1 != k2:
-                        confusions[(k1, k2)] = confusions.get((k1, k2), 0) + 1
+                letters = [base_key(c) if len(base_key(c)) == 1 and base_key(c).isalpha() else None for c in classes]
+                confusions += [(letters[t], letters[q], 1) for t, q in zip(y_test, pred) if letters[t] and letters[q]]
         counts = np.bincount(y_test, minlength=len(classes))
         per_user.append(
             {
@@ -322,25 +320,59 @@ def key_id_proxy(features: Sequence[KeystrokeFeatures]) -> dict[str, Any]:
     return {"per_user": per_user, "mean": summary, "generic_confusions": confusion_summary(confusions)}
 
 
-def confusion_summary(confusions: dict[tuple[str, str], int], top: int = TOP_PAIRS) -> dict[str, Any]:
-    """Which letter pairs a classifier confuses most, and how many of them one finger types.
+def _finger(ch: str) -> str | None:
+    """ "hand finger" of the key that types character ``ch``; None for what no key types."""
+    if not is_typeable(ch):
+        return None
+    g = key_geometry(char_to_key(ch))
+    return f"{g.hand} {g.finger}"
 
-    Letters only (the keys every user presses often), counted both ways. The real-data fact this checks:
-    decoders mostly confuse keys typed by the same finger.
+
+def _hand(ch: str) -> str | None:
+    f = _finger(ch)
+    return f.split()[0] if f else None
+
+
+def confusion_summary(substitutions: Sequence[Sequence[Any]], top: int = TOP_PAIRS) -> dict[str, Any]:
+    """Top unordered confused key pairs (case folded, space and non-keys left out) and how many share a finger.
+
+    ``substitutions``: (true character, predicted character, count). Used for the CTC models' substitutions
+    (``benchmarks/train_bench.py``) and for the generic key-id proxy's errors. The real-data fact this
+    checks: decoders mostly confuse keys typed by the same finger.
     """
-    letters = {p: c for p, c in confusions.items() if all(len(k) == 1 and k.isalpha() for k in p)}
-    ranked = sorted(letters.items(), key=lambda pc: (-pc[1], pc[0]))
-    same = [(_finger_of(a) == _finger_of(b), _finger_of(a)[0] == _finger_of(b)[0]) for (a, b), _ in ranked]
-    total = sum(letters.values())
+    pairs: dict[tuple[str, str], int] = {}
+    for a, b, n in substitutions:
+        a, b = str(a).lower(), str(b).lower()
+        if a == b or " " in (a, b) or _finger(a) is None or _finger(b) is None:
+            continue
+        key = (min(a, b), max(a, b))
+        pairs[key] = pairs.get(key, 0) + int(n)
+    ranked = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+    rows = [
+        {
+            "keys": k,
+            "count": n,
+            "fingers": [_finger(k[0]), _finger(k[1])],
+            "same_finger": _finger(k[0]) == _finger(k[1]),
+        }
+        for k, n in ranked[:top]
+    ]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    all_pairs = [(a, b) for i, a in enumerate(letters) for b in letters[i + 1 :]]
+    chance = sum(_finger(a) == _finger(b) for a, b in all_pairs) / len(all_pairs)
+    top_keys = [k for k, _ in ranked[:top]]
+    frac = sum(_finger(a) == _finger(b) for a, b in top_keys) / len(top_keys) if top_keys else float("nan")
+    hand = sum(_hand(a) == _hand(b) for a, b in top_keys) / len(top_keys) if top_keys else float("nan")
+    chance_hand = sum(_hand(a) == _hand(b) for a, b in all_pairs) / len(all_pairs)
+    total = sum(pairs.values())
     return {
-        "top_pairs": [
-            {"keys": [a, b], "count": c, "same_finger": sf, "same_hand": sh}
-            for ((a, b), c), (sf, sh) in zip(ranked[:top], same[:top])
-        ],
-        "top_same_finger_fraction": float(np.mean([sf for sf, _ in same[:top]])) if ranked else math.nan,
-        "top_same_hand_fraction": float(np.mean([sh for _, sh in same[:top]])) if ranked else math.nan,
+        "top": rows,
+        "same_finger_fraction": frac,
+        "chance_fraction_letters": chance,
+        "same_hand_fraction": hand,
+        "chance_same_hand_letters": chance_hand,
         "errors_same_finger_fraction": (
-            sum(c for ((a, b), c), (sf, _) in zip(ranked, same) if sf) / total if total else math.nan
+            sum(n for (a, b), n in pairs.items() if _finger(a) == _finger(b)) / total if total else float("nan")
         ),
         "n_errors": int(total),
     }
@@ -554,15 +586,15 @@ def _markdown(report: dict[str, Any], figures: Sequence[Path]) -> str:
         )
     lines.append(f"| **mean** | | | {m['chance']:.2f} | {m['personalized']:.2f} | {m['generic']:.2f} |")
     gc = kp.get("generic_confusions")
-    if gc and gc["top_pairs"]:
+    if gc and gc["top"]:
         pairs = ", ".join(
-            f"{p['keys'][0]}/{p['keys'][1]} x{p['count']}{'*' if p['same_finger'] else ''}" for p in gc["top_pairs"]
+            f"{p['keys'][0]}/{p['keys'][1]} x{p['count']}{'*' if p['same_finger'] else ''}" for p in gc["top"]
         )
         lines += [
             "",
             f"Letter pairs the generic classifier confuses most (* same finger): {pairs}. "
-            f"**{gc['top_same_finger_fraction']:.0%} of the top {len(gc['top_pairs'])} same finger**, "
-            f"{gc['top_same_hand_fraction']:.0%} same hand; {gc['errors_same_finger_fraction']:.0%} of all "
+            f"**{gc['same_finger_fraction']:.0%} of the top {len(gc['top'])} same finger**, "
+            f"{gc['same_hand_fraction']:.0%} same hand; {gc['errors_same_finger_fraction']:.0%} of all "
             f"{gc['n_errors']} letter confusions same finger.",
         ]
     lines += ["", f"## Figures ({SIMULATED})", ""]

@@ -33,13 +33,14 @@ def test_speed_benchmark_smoke(tmp_path):
     assert all(r["x_realtime"] > 0 for r in data["results"]) and data["threads"] == 1
 
 
-def test_confusion_summary_counts_same_finger_letter_pairs():
+def test_confusion_summary_counts_same_finger_pairs():
     from emgkey.firmware_sim.report import confusion_summary
 
-    # e/d: left middle (same finger); e/r: middle vs index (same hand); a/l: other hands; a/⏎ is not letters.
-    conf = {("d", "e"): 5, ("e", "r"): 3, ("a", "l"): 2, ("Key.enter", "a"): 9}
-    s = confusion_summary(conf, top=2)
-    assert [p["keys"] for p in s["top_pairs"]] == [["d", "e"], ["e", "r"]]
-    assert s["top_same_finger_fraction"] == 0.5 and s["top_same_hand_fraction"] == 1.0
+    # e/d: left middle (same finger); e/r: middle vs index (same hand); a/l: other hands; e/E is one key;
+    # space and what no key types are left out. Counts add up both ways.
+    subs = [("d", "e", 3), ("e", "d", 2), ("e", "r", 3), ("a", "l", 2), ("e", "E", 9), (" ", "a", 9), ("a", "\x00", 9)]
+    s = confusion_summary(subs, top=2)
+    assert [(list(p["keys"]), p["count"]) for p in s["top"]] == [(["d", "e"], 5), (["e", "r"], 3)]
+    assert s["same_finger_fraction"] == 0.5 and s["same_hand_fraction"] == 1.0
     assert s["n_errors"] == 10 and s["errors_same_finger_fraction"] == 0.5
-    assert confusion_summary({})["n_errors"] == 0
+    assert confusion_summary([])["n_errors"] == 0

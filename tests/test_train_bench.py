@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from emgkey.benchmarks.train_bench import check_facts, confusion_summary
+from emgkey.benchmarks.train_bench import check_facts
+from emgkey.firmware_sim.report import confusion_summary
 
 
 def test_confusions_fold_case_and_order_and_mark_same_finger():
