@@ -231,7 +231,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             }
             row |= _complexity(run / "generic" / "best.pt")
             row["train_wall_s"] = gen.get("wall_time_s")
-            row["epochs"] = args.epochs
+            row["epochs"] = gen.get("epochs_planned", args.epochs)
+            # a run stopped by its time budget (train_scale.sh) ran fewer epochs than planned
+            row["epochs_run"] = gen.get("stopped_by_time_budget", {}).get("epochs_run", gen.get("epochs_planned"))
+            row["device"] = gen.get("device")
             row["generic_test_cer"] = gen["test"]["cer"]
             row["best_val_cer"] = gen.get("best_val_cer")  # validation users are training users
             row["generic_test"] = {k: gen["test"][k] for k in ("cer", "ins", "del", "sub")}
@@ -391,6 +394,18 @@ def render(doc: dict[str, Any]) -> str:
             f"{r['macs_per_s'] / 1e6:.1f}M | "
             f"{r['train_wall_s']:.0f} | {r['generic_test_cer']:.1f} | {g} | {p} | {t} |"
         )
+    ran = [
+        r
+        for r in doc["rows"]
+        if r.get("epochs_run") not in (None, r.get("epochs")) or r.get("device") not in (None, "cpu")
+    ]
+    if ran:
+        lines += [
+            "",
+            "Epochs run (of those planned; fewer when `time_budget_s` stopped the run) and device: "
+            + ", ".join(f"{r['profile']}/{r['model']} {r.get('epochs_run')} on {r.get('device')}" for r in ran)
+            + ".",
+        ]
     if any("transfer_test_cer" in r for r in doc["rows"]):
         lines += [
             "",

@@ -113,6 +113,23 @@ def test_resume_from_an_interrupted_run_matches_an_uninterrupted_one(data, tmp_p
         assert x["train_loss"] == y["train_loss"] and x["val_cer"] == y["val_cer"]
 
 
+def test_time_budget_stops_after_the_epoch_that_spends_it(data, tmp_path):
+    root, split = data
+    cfg = load_config("tiny", [*TINY, "epochs=4", "time_budget_s=1e-6"])
+    summary = train(cfg, root, split, tmp_path / "run")
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert [r["epoch"] for r in rows] == [0], "one epoch spends a 1 us budget; no second epoch starts"
+    assert summary["stopped_by_time_budget"] == {"epochs_run": 1, "time_budget_s": 1e-6}
+    assert summary["epochs_planned"] == 4 and "test" in summary, "best.pt is still tested"
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["stopped_by_time_budget"]["epochs_run"] == 1
+    # a budget the run does not reach changes nothing
+    untouched = train(load_config("tiny", [*TINY, "time_budget_s=3600"]), root, split, tmp_path / "run2")
+    assert "stopped_by_time_budget" not in untouched
+    with pytest.raises((AssertionError, ConfigError)):
+        load_config("tiny", ["time_budget_s=0"])
+
+
 def test_schedulers():
     model = torch.nn.Linear(2, 2)
     opt = make_optimizer([{"params": list(model.parameters()), "lr": 1e-3}], OptimConfig())

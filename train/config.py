@@ -215,6 +215,10 @@ class TrainConfig:
     seed: int = 0
     device: DeviceName = "auto"
     max_steps_per_epoch: int | None = None  # CI/debug cap
+    # Wall-clock budget for the epochs of this session (seconds; None: none). Checked after each epoch:
+    # once past it, training stops there and best.pt is tested as usual (results.json says so). For leased
+    # or preemptible machines; the schedule still spans `epochs`, so a stopped OneCycle run never annealed.
+    time_budget_s: float | None = None
     eval_test: bool = True  # evaluate best.pt on the split's test sessions at the end
     progress: bool = True  # tqdm bars (rank 0 only)
     # Intra-op threads per process (0: torch's default). 1 by default: on a small shared CPU,
@@ -230,6 +234,7 @@ class TrainConfig:
         assert self.epochs >= 1, "epochs must be >= 1"
         assert self.device in ("auto", "cpu", "cuda"), f"unknown device {self.device!r}"
         assert self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch >= 1 or null"
+        assert self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be positive or null"
         assert isinstance(self.model_overrides, dict), "model_overrides must be a mapping"
         assert self.threads >= 0, "threads must be >= 0 (0 = torch default)"
 

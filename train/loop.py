@@ -69,7 +69,7 @@ MAX_CONFUSIONS = 50  # substitution pairs kept in eval results
 CONFIG_YAML = "config.yaml"
 
 # Settings that may differ when resuming: they change where and how fast the run goes, not what it computes.
-_RESUMABLE_CHANGES = {"device", "progress", "data.num_workers"}
+_RESUMABLE_CHANGES = {"device", "progress", "data.num_workers", "time_budget_s"}
 
 
 # ---- model and optimisation --------------------------------------------------------------------
@@ -584,6 +584,7 @@ def _train(
     wrapped: nn.Module = model
     trainable: tuple[bool, ...] | None = None
     session_start = time.perf_counter()
+    stopped_after: int | None = None  # epochs run when the time budget stopped training
     guard = align_guard_frames(cfg.optim, feature_cfg.frame_rate_hz, model.stride)  # alignment warm-up, frames
     for epoch in range(state.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -645,6 +646,15 @@ def _train(
             if val_ds is not None and val["example"]:
                 log.debug("  target: %r\n  decoded: %r", val["example"]["target"], val["example"]["prediction"])
         distributed.barrier(info)
+        if cfg.time_budget_s is not None:
+            # every rank must stop after the same epoch: stop when any rank is past the budget
+            over = time.perf_counter() - session_start > cfg.time_budget_s
+            if distributed.all_reduce_sum([float(over)], info, device)[0] > 0 and epoch + 1 < cfg.epochs:
+                stopped_after = epoch + 1
+                if info.is_main:
+                    log.info("time budget %.0f s spent: stopping after %d of %d epochs", cfg.time_budget_s,
+                             stopped_after, cfg.epochs)  # fmt: skip
+                break
     train_ds.close()
 
     # -- test the selected model
@@ -659,6 +669,8 @@ def _train(
         "world_size": info.world_size,
         "device": str(device),
     }
+    if stopped_after is not None:
+        summary["stopped_by_time_budget"] = {"epochs_run": stopped_after, "time_budget_s": cfg.time_budget_s}
     epoch_times = [r["epoch_time_s"] for r in metrics.rows]
     if epoch_times:
         summary["seconds_per_epoch"] = float(np.median(epoch_times))
