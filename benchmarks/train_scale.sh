@@ -22,6 +22,11 @@ MINUTES=${MINUTES:-1.5}
 # with 16 cores, where an emg2qwerty epoch costs ~3x an armband8 one (its loaders compute 2 kHz x 32 ch features)
 EPOCHS_A8=${EPOCHS_A8:-25}
 EPOCHS_E2Q=${EPOCHS_E2Q:-12}
+PROFILES=${PROFILES:-armband8 emg2qwerty}   # a second lease can give one profile the whole machine
+A8_MODELS=${A8_MODELS:-tcn,gru,bilstm,tds_conv}
+E2Q_MODELS=${E2Q_MODELS:-tcn,gru,tds_conv}
+E2Q_LOADERS=${E2Q_LOADERS:-3}   # loader processes per emg2qwerty run
+PERSONALIZE=${PERSONALIZE:-tcn}
 NPROC=${NPROC:-$(nproc)}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
@@ -32,7 +37,7 @@ stamp() { echo "[train_scale +$(($(date +%s) - t0))s] $*"; }
 pack() {
     # tabulate what finished over both profiles; pack what comes back (checkpoints without optimizer state)
     $PY -m emgkey.benchmarks.train_bench --data-root "$OUT/data" --out "$OUT" --epochs "$EPOCHS_A8" --collect-only \
-        --profiles armband8,emg2qwerty --models tcn,gru,bilstm,tds_conv --teacher-size default >/dev/null \
+        --profiles "${PROFILES// /,}" --models tcn,gru,bilstm,tds_conv --teacher-size default >/dev/null \
         2>"$OUT/collect.log" || tail -20 "$OUT/collect.log"
     $PY -c '
 import sys
@@ -58,13 +63,13 @@ trap 'stamp "stopped by a signal: packing what finished"; pack; exit 124' TERM I
 
 stamp "simulating $USERS users x $SESSIONS sessions x $MINUTES min per profile on $NPROC processes"
 half=$(((NPROC + 1) / 2))
-for prof in armband8 emg2qwerty; do
+for prof in $PROFILES; do
     $PY -m emgkey.cli sim dataset --profile $prof --users "$USERS" --test-users "$TEST_USERS" \
         --sessions-per-user "$SESSIONS" --minutes "$MINUTES" --seed 0 --workers "$half" \
         --out "$OUT/data/$prof" >"$OUT/sim_$prof.log" 2>&1 &
 done
 wait || true
-for prof in armband8 emg2qwerty; do
+for prof in $PROFILES; do
     test -f "$OUT/data/$prof/dataset.json" || { stamp "simulation of $prof failed"; tail -20 "$OUT/sim_$prof.log"; exit 1; }
 done
 stamp "simulated"
@@ -73,11 +78,16 @@ common=(--data-root "$OUT/data" --out "$OUT" --teacher-size default
     --train-set "time_budget_s=$BUDGET" --train-set "device=$DEVICE" --train-set data.batch_size=32
     --train-set data.eval_batch_size=32 --train-set optim.align_delay_s=0.06)
 # armband8 features are cheap (one loader process a run); emg2qwerty's 2 kHz x 32 channels need three.
-$PY -m emgkey.benchmarks.train_bench "${common[@]}" --profiles armband8 --epochs "$EPOCHS_A8" \
-    --models tcn,gru,bilstm,tds_conv --personalize tcn --workers 8 --train-set data.num_workers=1 >"$OUT/bench_armband8.log" 2>&1 &
-$PY -m emgkey.benchmarks.train_bench "${common[@]}" --profiles emg2qwerty --epochs "$EPOCHS_E2Q" \
-    --models tcn,gru,tds_conv --personalize tcn --workers 8 --train-set data.num_workers=3 --train-set optim.align_guard_s=0.016 \
-    >"$OUT/bench_emg2qwerty.log" 2>&1 &
+if [[ " $PROFILES " == *" armband8 "* ]]; then
+    $PY -m emgkey.benchmarks.train_bench "${common[@]}" --profiles armband8 --epochs "$EPOCHS_A8" \
+        --models "$A8_MODELS" --personalize "$PERSONALIZE" --workers 8 --train-set data.num_workers=1 \
+        >"$OUT/bench_armband8.log" 2>&1 &
+fi
+if [[ " $PROFILES " == *" emg2qwerty "* ]]; then
+    $PY -m emgkey.benchmarks.train_bench "${common[@]}" --profiles emg2qwerty --epochs "$EPOCHS_E2Q" \
+        --models "$E2Q_MODELS" --personalize "$PERSONALIZE" --workers 8 --train-set "data.num_workers=$E2Q_LOADERS" \
+        --train-set optim.align_guard_s=0.016 >"$OUT/bench_emg2qwerty.log" 2>&1 &
+fi
 wait || true
 stamp "trained"
 pack
