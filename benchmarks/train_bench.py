@@ -257,8 +257,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 row["personalized_cer"] = sum(p["personalized_cer"] for p in per_user) / len(per_user)
             rows.append(row)
     data = {p: m for p in args.profiles if (m := _dataset_meta(args.data_root, p)) is not None}
-    if getattr(args, "merge", None):
-        rows, not_run = merge_rows(rows, not_run, Path(args.merge), data)
+    merges = getattr(args, "merge", None) or []
+    for earlier in [merges] if isinstance(merges, str) else merges:  # the first file given fills first
+        rows, not_run = merge_rows(rows, not_run, Path(earlier), data)
+    if merges:
         rank = {(p, m): i for i, (p, m) in enumerate((p, m) for p in args.profiles for m in args.models)}
         rows.sort(key=lambda r: rank[(r["profile"], r["model"])])
     return {"rows": rows, "facts": check_facts(rows), "not_run": not_run, "data": data, "config": dict(vars(args))}
@@ -470,10 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--merge",
+        action="append",
         default=None,
         metavar="JSON",
         help="an earlier train_bench.json of the same datasets: its rows fill the (profile, model) pairs "
-        "without a finished run under --out, marked as merged (refused if the dataset differs)",
+        "without a finished run under --out, marked as merged (refused if the dataset differs); repeatable, "
+        "the first file given fills first",
     )
     args = ap.parse_args(argv)
     if not args.collect_only:

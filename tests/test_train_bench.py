@@ -150,3 +150,46 @@ def test_merge_fills_missing_pairs_from_an_earlier_run_of_the_same_data_only(tmp
     earlier.write_text(json.dumps({"rows": [old_row], "data": {"armband8": meta | {"test_users": ["u7"]}}}))
     with pytest.raises(SystemExit, match="not comparable"):
         collect(args)
+
+
+def test_several_merge_files_fill_in_order_and_each_is_checked(tmp_path):
+    import argparse
+    import json
+
+    import pytest
+
+    from emgkey.benchmarks.train_bench import collect
+
+    meta = {"simulated": True, "seed": 0, "n_users": 48, "sessions_per_user": 4, "minutes_per_session": 1.5}
+    for prof in ("armband8", "emg2qwerty"):
+        (tmp_path / "d" / prof).mkdir(parents=True)
+        (tmp_path / "d" / prof / "dataset.json").write_text(json.dumps(meta | {"test_users": ["u5"]}))
+    conf = {"top": [], "same_finger_fraction": 0.0, "chance_fraction_letters": 0.1}
+
+    def row(profile: str, model: str, cer: float) -> dict:
+        return {
+            "profile": profile, "model": model, "role": "student", "params": 10, "macs_per_s": 1e6,
+            "train_wall_s": 5.0, "generic_test_cer": cer, "confusions": conf, "frame_rate_hz": 50.0,
+        }  # fmt: skip
+
+    data = {p: meta | {"test_users": ["u5"]} for p in ("armband8", "emg2qwerty")}
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    # the second (longer) lease trained emg2qwerty's TCN again; the first lease's armband8 rows fill the rest
+    first.write_text(json.dumps({"rows": [row("emg2qwerty", "tcn", 51.9)], "data": data}))
+    second.write_text(
+        json.dumps({"rows": [row("armband8", "tcn", 49.7), row("emg2qwerty", "tcn", 56.7)], "data": data})
+    )
+    args = argparse.Namespace(
+        out=str(tmp_path / "tb"), profiles=["armband8", "emg2qwerty"], models=["tcn"], epochs=3,
+        data_root=str(tmp_path / "d"), config="demo", personal_epochs=2, personal_lr=1e-4, workers=1,
+        merge=[str(first), str(second)],
+    )  # fmt: skip
+    doc = collect(args)
+    assert [(r["profile"], r["generic_test_cer"], r["merged_from"]) for r in doc["rows"]] == [
+        ("armband8", 49.7, str(second)),
+        ("emg2qwerty", 51.9, str(first)),
+    ]
+    assert doc["not_run"] == []
+    second.write_text(json.dumps({"rows": [row("armband8", "tcn", 49.7)], "data": {"armband8": meta}}))
+    with pytest.raises(SystemExit, match="not comparable"):
+        collect(args)
