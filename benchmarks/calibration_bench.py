@@ -73,15 +73,16 @@ class Student:
 
 def average_arm_population(seed: int) -> Any:
     """The population with every per-user placement and anatomy difference off (band rotation, muscle
-    positions, sizes and spectra, finger and key mixes, palmaris; re-donning rotation too): each user
-    keeps their typing, amplitude, contacts and noise. The base model on these users is what it would
-    do if calibration removed every anatomical and placement mismatch."""
+    positions, sizes and spectra, finger and key mixes, palmaris; re-donning rotation too), and every
+    key reached the population's mean way (its key signature): each user keeps their typing, amplitude,
+    contacts and noise. The base model on these users is what it would do if calibration removed every
+    anatomical, placement and reaching mismatch."""
     from emgkey.firmware_sim.population import Population, SessionVariability, UserVariability
 
     user = UserVariability(
         band_rotation_deg=0.0, muscle_angle_sd_deg=0.0, muscle_depth_sd_mm=0.0, muscle_gain_sigma=0.0,
         muscle_spectral_sigma=0.0, palmaris_absent_prob=0.0, finger_mix_sigma=0.0, finger_spill=0.0,
-        key_mix_sigma=0.0,
+        key_mix_sigma=0.0, key_signature_mean_only=True,
     )  # fmt: skip
     return Population(seed, user, SessionVariability(donning_rotation_sd_deg=0.0))
 

@@ -93,8 +93,9 @@ MUSCLES: tuple[Muscle, ...] = (
 )
 # Bumped whenever what the simulator generates for a (seed, user, session) changes; datasets record it, and
 # benchmark results from another version are not comparable. 1: until 2026-12-03. 2: finger compartments
-# spread over the flexor mass, weaker reach and enslaving, less per-user finger idiosyncrasy (docs/simulator.md).
-SIMULATOR_VERSION = 2
+# spread over the flexor mass, weaker reach and enslaving, less per-user finger idiosyncrasy. 3 (2026-12-04): each
+# user reaches each key their own way (`UserVariability.key_signature`), docs/simulator.md.
+SIMULATOR_VERSION = 3
 
 MUSCLE_INDEX: dict[str, int] = {m.name: i for i, m in enumerate(MUSCLES)}
 N_MUSCLES = len(MUSCLES)

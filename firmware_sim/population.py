@@ -29,7 +29,15 @@ import numpy as np
 import numpy.typing as npt
 
 from emgkey.firmware_sim.keyboard import HANDS, KeyGeometry, all_geometries, key_geometry
-from emgkey.firmware_sim.physiology import MUSCLE_INDEX, MUSCLES, N_MUSCLES, PHASES, canonical_activation
+from emgkey.firmware_sim.physiology import (
+    MUSCLE_INDEX,
+    MUSCLES,
+    N_MUSCLES,
+    PHASES,
+    PRESS,
+    REACH,
+    canonical_activation,
+)
 from emgkey.firmware_sim.typist import TypingStyle
 
 FloatArray = npt.NDArray[np.float64]
@@ -70,6 +78,13 @@ class UserVariability:
     finger_mix_sigma: float = 0.2  # log-normal on each muscle's weight, shared by the keys of one finger
     finger_spill: float = 0.05  # extra activation of random other muscles, per finger (idiosyncratic strategy)
     key_mix_sigma: float = 0.15  # log-normal per key on top of the finger's mix
+    # A person's own way of reaching each key (wrist vs finger, posture): extra reach-phase drive of random
+    # muscles per (user, key), the same in every session; other people reach the key differently.
+    key_signature: float = 0.3  # version 3 (0 before)
+    key_signature_frac: float = 0.3  # share of the muscles that take part in it
+    # Every (key, muscle) gets the population's mean signature instead of a draw: the "average arm" of
+    # benchmarks/calibration_bench.py (no signature at all would be nobody's way of typing).
+    key_signature_mean_only: bool = False
     amplitude_sigma: float = 0.3  # overall sEMG amplitude (skin, body size)
     contact_gain_sd: float = 0.2  # smooth log-gain field around the band
     contact_noise_sd: float = 0.3  # smooth log-noise field around the band
@@ -171,6 +186,19 @@ class UserParams:
         mix = _log_normal(rng, self.variability.key_mix_sigma, (len(geoms), len(PHASES), N_MUSCLES))
         return {(g.key, g.hand): m for g, m in zip(geoms, mix)}
 
+    @cached_property
+    def _key_signature(self) -> dict[tuple[str, str], FloatArray]:
+        """Per-key additive reach-phase drive (M,), keyed (key, hand); its own stream, so the key mix is unchanged."""
+        v = self.variability
+        geoms = all_geometries()
+        if v.key_signature <= 0 or v.key_signature_mean_only:
+            mean = v.key_signature * np.sqrt(2.0 / np.pi) * v.key_signature_frac  # E|N(0, s)| x share
+            return {(g.key, g.hand): np.full(N_MUSCLES, max(mean, 0.0)) for g in geoms}
+        rng = np.random.default_rng([self._key_mix_seed, 1])
+        size = (len(geoms), N_MUSCLES)
+        sig = np.abs(rng.normal(0.0, v.key_signature, size)) * (rng.random(size) < v.key_signature_frac)
+        return {(g.key, g.hand): m for g, m in zip(geoms, sig)}
+
     def weights_for(self, geom: KeyGeometry, travel: tuple[float, float] | None = None) -> FloatArray:
         """This user's activation weights (3 phases x M) for one press of ``geom``.
 
@@ -180,7 +208,8 @@ class UserParams:
         the canonical pattern leaves silent.
         """
         w = canonical_activation(geom, travel) * self._finger_mix[geom.finger_id] * self._key_mix[(geom.key, geom.hand)]
-        w[0] += self._finger_spill[geom.finger_id]
+        w[PRESS] += self._finger_spill[geom.finger_id]
+        w[REACH] += self._key_signature[(geom.key, geom.hand)]
         return w
 
     def weights_for_key(self, key: str) -> FloatArray:

@@ -14,6 +14,10 @@ def test_average_arm_users_keep_their_typing_but_lose_placement_and_anatomy():
     assert np.any(real.band_rotation_deg != 0) and np.all(avg.band_rotation_deg == 0)
     assert np.all(avg.muscle_angle_offset_deg == 0)
     assert np.all(avg.session(1).donning_rotation_deg == 0) and np.any(real.session(1).donning_rotation_deg != 0)
+    # nor their own way of reaching each key (simulator version 3): every key gets the population's mean signature
+    sig = np.stack(list(avg._key_signature.values()))
+    assert np.allclose(sig, sig.flat[0]) and sig.flat[0] > 0
+    assert np.isclose(sig.flat[0], np.mean(np.stack(list(real._key_signature.values()))), rtol=0.25)
 
 
 def test_summary_reports_the_average_arm_reference_and_the_room_it_leaves():

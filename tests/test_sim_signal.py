@@ -205,3 +205,30 @@ def test_users_differ_more_than_sessions():
     same_user_other_finger_key = np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(w, w_d)])
     same_finger = np.mean([np.corrcoef(a.ravel(), u.weights_for_key("r").ravel())[0, 1] for a, u in zip(w, users)])
     assert same_finger > same_user_other_finger_key
+
+
+def test_key_signature_is_the_users_own_and_the_same_in_every_session():
+    """Version 3: each user reaches each key their own way (reach phase only), so a user's own data separates
+    keys of one finger that other people's data does not; with it off, weights are version 2's."""
+    from emgkey.firmware_sim.keyboard import key_geometry
+    from emgkey.firmware_sim.physiology import PRESS, REACH, RELEASE
+    from emgkey.firmware_sim.population import UserVariability
+
+    on, off = Population(5), Population(5, variability=UserVariability(key_signature=0.0))
+    a, a0 = on.user(2), off.user(2)
+    for key in ("f", "r", "v"):
+        w, w0 = a.weights_for_key(key), a0.weights_for_key(key)
+        assert np.array_equal(w[[PRESS, RELEASE]], w0[[PRESS, RELEASE]]), "only the reach phase changes"
+        extra = w[REACH] - w0[REACH]
+        assert np.all(extra > -1e-12) and 0 < np.sum(extra > 1e-12) < len(extra), "additive, on some muscles only"
+        assert np.allclose(extra, a._key_signature[(key, "left")], atol=1e-12)
+    # the same person on any day (the population is addressable), another person differently
+    assert np.array_equal(Population(5).user(2).weights_for_key("r"), a.weights_for_key("r"))
+    sig = [on.user(u)._key_signature[("r", "left")] for u in range(6)]
+    assert not any(np.array_equal(sig[0], s) for s in sig[1:])
+    # keys of one finger now differ within a user by more than the canonical reach alone makes them differ
+    geom_r, geom_f = key_geometry("r"), key_geometry("f")
+    assert geom_r.finger == geom_f.finger
+    d_on = np.abs(a.weights_for_key("r") - a.weights_for_key("f"))[REACH].sum()
+    d_off = np.abs(a0.weights_for_key("r") - a0.weights_for_key("f"))[REACH].sum()
+    assert d_on > d_off
