@@ -71,6 +71,24 @@ class Student:
 # Users: calibration recordings and evaluation sessions
 
 
+def finetune_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["max_body_stages=3", "lr=1e-3"]`` -> FinetuneConfig fields typed like their defaults; unknown keys: error."""
+    import dataclasses
+
+    from emgkey.errors import ConfigError
+    from emgkey.train.finetune_calib import FinetuneConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        allowed = sorted(set(defaults) - {"formats", "time_budget_s"})  # --formats / --budget-s set those
+        if not sep or key not in allowed:
+            raise ConfigError(f"--finetune-set {item!r}: expected KEY=VALUE with KEY one of {allowed}")
+        out[key] = type(defaults[key])(value)
+    return out
+
+
 def average_arm_population(seed: int) -> Any:
     """The population with every per-user placement and anatomy difference off (band rotation, muscle
     positions, sizes and spectra, finger and key mixes, palmaris; re-donning rotation too), and every
@@ -216,7 +234,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(1)
         from emgkey.train.finetune_calib import FinetuneConfig
 
-        ft_cfg = FinetuneConfig(time_budget_s=job["budget_s"], formats=tuple(job["formats"]) or None)
+        ft_cfg = FinetuneConfig(
+            time_budget_s=job["budget_s"], formats=tuple(job["formats"]) or None, **job.get("finetune_set", {})
+        )
     rows = []
     for u in job["users"]:
         rec = CalibrationRecording.load(u["calib"])
@@ -451,6 +471,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, nargs="+", default=[15.0, 30.0, 60.0], help="calibration lengths")
     p.add_argument("--eval-seconds", type=float, default=60.0, help="evaluation session per user")
     p.add_argument("--budget-s", type=float, default=40.0, help="strategy 2 / scratch training time budget")
+    p.add_argument(
+        "--finetune-set", action="append", default=[], metavar="KEY=VALUE",
+        help="strategy 2 / scratch FinetuneConfig field (repeatable), e.g. max_body_stages=3; tune on other "
+        "users (--first-user) than the ones you report",
+    )  # fmt: skip
     p.add_argument("--formats", default="onnx", help="strategy 2 re-export formats (comma list; '' = the bundle's)")
     p.add_argument(
         "--min-fit-seconds", type=float, default=4.0, help="fit data a calibration needs (emgkey calibrate: 8)"
@@ -514,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "min_fit_s": args.min_fit_seconds,
                 "budget_s": args.budget_s,
                 "formats": [f for f in args.formats.split(",") if f],
+                "finetune_set": finetune_overrides(args.finetune_set),
             }
             log.info("%s / %s: %d users x %s s", st.name, strategy, len(users), args.seconds)
             with ctx.Pool(1) as pool:
@@ -531,6 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seconds": args.seconds,
             "eval_seconds": args.eval_seconds,
             "budget_s": args.budget_s,
+            "finetune_set": finetune_overrides(args.finetune_set),
             "strategies": args.strategies,
             "students": [{"name": s.name, "bundle": str(s.bundle), "checkpoint": str(s.checkpoint)} for s in students],
             "machine": f"{os.cpu_count()} CPU cores (shared), 1 thread per calibration",

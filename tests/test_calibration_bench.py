@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from emgkey.benchmarks.calibration_bench import average_arm_population, markdown, summarize, targets
 from emgkey.firmware_sim.population import Population
@@ -37,3 +38,14 @@ def test_summary_reports_the_average_arm_reference_and_the_room_it_leaves():
                 "budget_s": 30.0, "machine": "test"}  # fmt: skip
     md = markdown({"settings": settings, "summary": summary, "targets": [t]})
     assert "| 40.0 |" in md and "average arm" in md
+
+
+def test_finetune_overrides_are_typed_and_typos_are_errors():
+    from emgkey.benchmarks.calibration_bench import finetune_overrides
+    from emgkey.errors import ConfigError
+
+    assert finetune_overrides(["max_body_stages=3", "lr=1e-3"]) == {"max_body_stages": 3, "lr": 1e-3}
+    assert finetune_overrides([]) == {}
+    for bad in (["max_body_stage=3"], ["lr"], ["time_budget_s=5"]):
+        with pytest.raises(ConfigError):
+            finetune_overrides(bad)
