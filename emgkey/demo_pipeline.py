@@ -74,11 +74,11 @@ def _train_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def stage_train(ctx: DemoContext) -> None:
-    """The student (GRU) and a small teacher (TDS-Conv), both on the armband8 recordings."""
+    """The student (``DemoConfig.student``) and a small teacher (TDS-Conv), both on the armband8 recordings."""
     data, split = _data(ctx)
     c = ctx.cfg
     for role, model, size, epochs in (
-        ("student", "gru", "default", c.student_epochs),
+        ("student", c.student, "default", c.student_epochs),
         ("teacher", "tds_conv", "tiny", c.teacher_epochs),
     ):
         out = ctx.path("runs", role)
@@ -89,11 +89,11 @@ def stage_train(ctx: DemoContext) -> None:
 
 
 def stage_distill(ctx: DemoContext) -> None:
-    """Teacher -> GRU student: CTC + temperature-scaled KL between frame posteriors."""
+    """Teacher -> student: CTC + temperature-scaled KL between frame posteriors."""
     data, split = _data(ctx)
     out = ctx.path("runs", "student_distilled")
     teacher = ctx.path("runs", "teacher", "best.pt")
-    args = ["export", "distill", "--teacher", str(teacher), "--student", "gru", "--data", str(data)]
+    args = ["export", "distill", "--teacher", str(teacher), "--student", ctx.cfg.student, "--data", str(data)]
     args += ["--split", str(split), "--out", str(out), "--config", "demo", "--set", f"epochs={ctx.cfg.distill_epochs}"]
     run_cmd(ctx, "distill", args)
     ctx.results["distill"] = _train_summary(out)
@@ -231,7 +231,7 @@ def stage_calibrate(ctx: DemoContext) -> None:
     atomic_write_text(ctx.path("calibration_profile.json"), json.dumps(profile, indent=2) + "\n")
     before, after = (m.get("current") or {}).get("cer"), (chosen.get("heldout") or {}).get("cer")
     if before is not None and after is not None:  # one point of the CER-vs-calibration-seconds curve, for bench
-        point = {"model": "gru", "strategy": profile.get("strategy"), "seconds": c.calibration_seconds}
+        point = {"model": c.student, "strategy": profile.get("strategy"), "seconds": c.calibration_seconds}
         point |= {"cer_before": before, "cer_after": after, "compute_s": chosen.get("seconds")}
         doc = {"data": "simulated", "points": [point]}
         atomic_write_text(ctx.path("calibration.json"), json.dumps(doc, indent=2) + "\n")
