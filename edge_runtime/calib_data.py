@@ -80,15 +80,16 @@ def prompt_targets(text: str) -> np.ndarray:
 class PromptChoice:
     """Which prompts a calibration shows: short sentences of the prompt corpus (not LM text)."""
 
-    min_chars: int = 12
-    max_chars: int = 35
+    min_chars: int = 10
+    max_chars: int = 24
     seed: int = 0
 
     def choose(self, n: int, salt: str = "") -> list[tuple[int, str]]:
         """``n`` distinct ``(corpus id, text)`` prompts, deterministic in ``(seed, salt)`` (e.g. the user name).
 
-        Short prompts: more of them fit in a minute, so the held-out slice holds several sentences. Prompts
-        holding ``|`` are skipped (the ``sim://`` URL separates prompts with it).
+        Short prompts: more of them fit in a minute, so the held-out slice holds several sentences, and 15 s
+        still hold two finished ones (one to fit, one held out; a simulated typist needs 6-10 s for 24
+        characters). Prompts holding ``|`` are skipped (the ``sim://`` URL separates prompts with it).
         """
         assert n >= 1, "choose at least one prompt"
         prompts = load_prompts()

@@ -223,7 +223,20 @@ def test_prompts_come_from_the_prompt_corpus_and_are_deterministic() -> None:
     assert a != PromptChoice(seed=1).choose(10, salt="bob")
     corpus = load_prompts()
     for pid, text in a:
-        assert corpus[pid] == text and 12 <= len(text) <= 35 and "|" not in text
+        assert corpus[pid] == text and PromptChoice.min_chars <= len(text) <= PromptChoice.max_chars
+        assert "|" not in text
+
+
+@pytest.mark.parametrize("user", [1000, 1003, 1007])
+def test_half_a_minute_of_simulated_typing_holds_a_fit_and_a_held_out_prompt(user: int) -> None:
+    # Prompts are short enough that the simulator's slower typists (2-3 keys/s with reading and Enter) finish
+    # two or more in 30 s; with 12-35 character prompts, user 1007 finished only one and was refused.
+    from emgkey.edge_runtime.calib_record import simulated_recording
+
+    choice = PromptChoice()
+    rec = simulated_recording(ARMBAND8, user, 30.0, choice.choose(choice.enough_for(30.0), salt=f"user{user}"))
+    cal = CalibrationSet.from_recording(rec, FeatureConfig.for_profile(ARMBAND8), DataLimits(min_fit_s=4.0))
+    assert len(cal.fit) >= 1 and len(cal.heldout) >= 1, cal.summary()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
