@@ -193,3 +193,40 @@ def test_several_merge_files_fill_in_order_and_each_is_checked(tmp_path):
     second.write_text(json.dumps({"rows": [row("armband8", "tcn", 49.7)], "data": {"armband8": meta}}))
     with pytest.raises(SystemExit, match="not comparable"):
         collect(args)
+
+
+def test_facts_use_the_more_held_out_users_only_when_every_row_has_them():
+    from emgkey.benchmarks.train_bench import check_facts
+
+    # the split's two held-out users say the teacher loses; the 8 more held-out users say it wins
+    rows = [_row("armband8", "tcn", 70.0, more_heldout_cer=74.0), _row("armband8", "tds_conv", 72.0, role="teacher")]
+    t = next(f for f in check_facts(rows) if f["fact"].startswith("teachers"))
+    assert t["holds"] is False and "more held-out" not in t["measured"]  # one row lacks them: the split's CER
+    rows[1]["more_heldout_cer"] = 71.0
+    t = next(f for f in check_facts(rows) if f["fact"].startswith("teachers"))
+    assert t["holds"] is True and "tds_conv 71.0 vs tcn 74.0 (more held-out users)" in t["measured"]
+
+
+def test_more_held_out_users_are_new_users_of_the_same_population_typing_held_out_prompts():
+    import pytest
+
+    from emgkey.benchmarks.train_bench import more_heldout_users
+
+    def meta(n_users, seed=0, version=3):
+        sessions = [
+            {"user": f"sim-user-{u:03d}", "session": f"s{u}-{k}", "user_id": u, "prompt_pool": pool}
+            for u in range(n_users)
+            for k, pool in enumerate(("heldout" if u % 4 else "train", "heldout" if u % 4 else "train"))
+        ]
+        common = {"simulated": True, "simulator_version": version, "seed": seed}
+        return {**common, "sessions_per_user": 2, "minutes_per_session": 1.5, "n_users": n_users, "sessions": sessions}
+
+    got = more_heldout_users(meta(4), meta(10))
+    # users 4..9, less 8 (it types training prompts in the bigger dataset's plan)
+    assert sorted({s["user_id"] for s in got}) == [5, 6, 7, 9] and len(got) == 8
+    with pytest.raises(SystemExit, match="population"):
+        more_heldout_users(meta(4), meta(10, seed=1))
+    with pytest.raises(SystemExit, match="population"):
+        more_heldout_users(meta(4), meta(10, version=2))
+    with pytest.raises(SystemExit, match="no held-out users"):
+        more_heldout_users(meta(4), meta(4))
