@@ -350,8 +350,7 @@ def check_facts(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         facts.append(
             {
                 "fact": "armband8 (8 ch, 200 Hz) worse than emg2qwerty (16 ch, 2 kHz), held-out users",
-                "measured": where.strip(" ()")
-                + (": " if where else "")
+                "measured": ("more held-out users: " if where else "")
                 + "; ".join(
                     f"{m}: {pair(m, key)} (seen users {pair(m, 'best_val_cer')}, "
                     f"personalized {pair(m, 'personalized_cer')})"
