@@ -85,7 +85,12 @@ def finetune_overrides(items: Sequence[str]) -> dict[str, Any]:
         allowed = sorted(set(defaults) - {"formats", "time_budget_s"})  # --formats / --budget-s set those
         if not sep or key not in allowed:
             raise ConfigError(f"--finetune-set {item!r}: expected KEY=VALUE with KEY one of {allowed}")
-        out[key] = type(defaults[key])(value)
+        if isinstance(defaults[key], bool):  # bool("false") is True: spell the two values out
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"--finetune-set {item!r}: {key} is true or false")
+            out[key] = value.lower() == "true"
+        else:
+            out[key] = type(defaults[key])(value)
     return out
 
 

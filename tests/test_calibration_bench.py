@@ -46,6 +46,8 @@ def test_finetune_overrides_are_typed_and_typos_are_errors():
 
     assert finetune_overrides(["max_body_stages=3", "lr=1e-3"]) == {"max_body_stages": 3, "lr": 1e-3}
     assert finetune_overrides([]) == {}
-    for bad in (["max_body_stage=3"], ["lr"], ["time_budget_s=5"]):
+    assert finetune_overrides(["specaugment=false"]) == {"specaugment": False}  # not bool("false")
+    assert finetune_overrides(["specaugment=True"]) == {"specaugment": True}
+    for bad in (["max_body_stage=3"], ["lr"], ["time_budget_s=5"], ["specaugment=1"]):
         with pytest.raises(ConfigError):
             finetune_overrides(bad)

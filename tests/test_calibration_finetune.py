@@ -71,6 +71,27 @@ def real_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+def test_fit_batches_take_fresh_specaugment_masks_and_keep_lengths_and_targets() -> None:
+    from emgkey.edge_runtime.calib_data import Segment
+    from emgkey.features import FeatureConfig
+    from emgkey.train.augment import build_feature_pipeline
+    from emgkey.train.config import AugmentConfig
+    from emgkey.train.finetune_calib import _batch
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((300, 2, 4, 5)).astype(np.float32)  # (F, n_bands, C, n_freq)
+    segs = [Segment("ab", 0, 120, np.array([1, 2])), Segment("c", 150, 300, np.array([3]))]
+    plain = _batch(feats, segs)
+    aug = build_feature_pipeline(AugmentConfig(), FeatureConfig.for_profile(ARMBAND8), train=True)
+    a, b = _batch(feats, segs, aug, np.random.default_rng(1)), _batch(feats, segs, aug, np.random.default_rng(2))
+    for x in (a, b):
+        assert all(torch.equal(p, q) for p, q in zip(plain[1:], x[1:])), "lengths and targets are the prompts'"
+        assert x[0].shape == plain[0].shape and not torch.equal(x[0], plain[0])
+    assert not torch.equal(a[0], b[0]), "each step draws its own masks"
+    off = build_feature_pipeline(AugmentConfig(specaugment=False), FeatureConfig.for_profile(ARMBAND8), train=True)
+    assert torch.equal(_batch(feats, segs, off, np.random.default_rng(1))[0], plain[0])
+
+
 def test_finetune_trains_the_last_layers_and_re_exports_a_verified_bundle(real_bundle: tuple[Path, Path]) -> None:
     bundle_dir, ckpt = real_bundle
     bundle = load_bundle(bundle_dir)

@@ -45,7 +45,9 @@ from emgkey.edge_runtime.calib_data import CalibrationSet, Segment
 from emgkey.edge_runtime.calib_run import resolve_checkpoint
 from emgkey.edge_runtime.recognizer import FeatureNormalization
 from emgkey.errors import ConfigError
+from emgkey.train.augment import Compose, build_feature_pipeline
 from emgkey.train.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
+from emgkey.train.config import AugmentConfig
 from emgkey.train.models.common import StreamingModel
 from emgkey.train.transfer import layer_groups
 
@@ -66,6 +68,7 @@ class FinetuneConfig:
     mix_l2: float = 1e-2  # pull of the mixing matrix towards the identity
     grad_clip: float = 1.0
     time_budget_s: float = 40.0  # training; export comes after
+    specaugment: bool = False  # fresh SpecAugment masks on the fit prompts every step (training's settings)
     seed: int = 0
     threads: int = 1
     formats: tuple[str, ...] | None = None  # re-export formats; None: the base bundle's that can be made here
@@ -129,9 +132,20 @@ class InputAdapter(nn.Module):
 # Data
 
 
-def _batch(features: np.ndarray, segments: list[Segment]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Padded (T_max, N, n_bands, C, n_freq) inputs, (N,) lengths, (N, L_max) targets, (N,) target lengths."""
-    xs = [torch.from_numpy(np.ascontiguousarray(features[s.start : s.stop], dtype=np.float32)) for s in segments]
+def _batch(
+    features: np.ndarray,
+    segments: list[Segment],
+    augment: Compose | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Padded (T_max, N, n_bands, C, n_freq) inputs, (N,) lengths, (N, L_max) targets, (N,) target lengths.
+
+    ``augment`` (with ``rng``): the training pipeline's feature augmentations, drawn anew for each segment."""
+    cut = [np.ascontiguousarray(features[s.start : s.stop], dtype=np.float32) for s in segments]
+    if augment is not None and len(augment):
+        assert rng is not None, "augmenting needs a random generator"
+        cut = [np.ascontiguousarray(augment(x, rng), dtype=np.float32) for x in cut]
+    xs = [torch.from_numpy(x) for x in cut]
     ys = [torch.from_numpy(s.targets.astype(np.int64)) for s in segments]
     inputs = nn.utils.rnn.pad_sequence(xs)  # (T_max, N, ...)
     targets = nn.utils.rnn.pad_sequence(ys, batch_first=True, padding_value=charset.BLANK)
@@ -193,6 +207,10 @@ def finetune(
     ctc = nn.CTCLoss(blank=charset.BLANK, reduction="sum", zero_infinity=True)
     fit = _batch(cal.features, cal.fit)
     held = _batch(cal.features, cal.heldout)
+    rng = np.random.default_rng(cfg.seed)
+    augment = build_feature_pipeline(
+        AugmentConfig(specaugment=cfg.specaugment, time_warp=False), cal.feature_config, train=True
+    )
 
     def loss_of(batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
         x, xl, y, yl = batch
@@ -217,7 +235,8 @@ def finetune(
                 params[n].requires_grad_(True)
             stage += 1
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_of(fit) + cfg.mix_l2 * adapter.mix_penalty()
+        batch = _batch(cal.features, cal.fit, augment, rng) if len(augment) else fit
+        loss = loss_of(batch) + cfg.mix_l2 * adapter.mix_penalty()
         loss.backward()
         nn.utils.clip_grad_norm_([p for g in opt_groups for p in g["params"] if p.requires_grad], cfg.grad_clip)
         optimizer.step()
