@@ -87,9 +87,10 @@ class PromptChoice:
     def choose(self, n: int, salt: str = "") -> list[tuple[int, str]]:
         """``n`` distinct ``(corpus id, text)`` prompts, deterministic in ``(seed, salt)`` (e.g. the user name).
 
-        Short prompts: more of them fit in a minute, so the held-out slice holds several sentences, and 15 s
-        still hold two finished ones (one to fit, one held out; a simulated typist needs 6-10 s for 24
-        characters). Prompts holding ``|`` are skipped (the ``sim://`` URL separates prompts with it).
+        Short prompts: more of them fit in a minute, so the held-out slice holds several sentences, and 30 s
+        hold two finished ones (one to fit, one held out) even for slow typists (the simulated ones need 6-14 s
+        a prompt; 15 s hold one, too little). Prompts holding ``|`` are skipped (the ``sim://`` URL separates
+        prompts with it).
         """
         assert n >= 1, "choose at least one prompt"
         prompts = load_prompts()

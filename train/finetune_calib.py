@@ -142,7 +142,7 @@ def _batch(
 
     ``augment`` (with ``rng``): the training pipeline's feature augmentations, drawn anew for each segment."""
     cut = [np.ascontiguousarray(features[s.start : s.stop], dtype=np.float32) for s in segments]
-    if augment is not None and len(augment):
+    if augment is not None:
         assert rng is not None, "augmenting needs a random generator"
         cut = [np.ascontiguousarray(augment(x, rng), dtype=np.float32) for x in cut]
     xs = [torch.from_numpy(x) for x in cut]
@@ -208,9 +208,7 @@ def finetune(
     fit = _batch(cal.features, cal.fit)
     held = _batch(cal.features, cal.heldout)
     rng = np.random.default_rng(cfg.seed)
-    augment = build_feature_pipeline(
-        AugmentConfig(specaugment=cfg.specaugment, time_warp=False), cal.feature_config, train=True
-    )
+    augment = build_feature_pipeline(AugmentConfig(time_warp=False), cal.feature_config, train=cfg.specaugment)
 
     def loss_of(batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
         x, xl, y, yl = batch
@@ -235,7 +233,7 @@ def finetune(
                 params[n].requires_grad_(True)
             stage += 1
         optimizer.zero_grad(set_to_none=True)
-        batch = _batch(cal.features, cal.fit, augment, rng) if len(augment) else fit
+        batch = _batch(cal.features, cal.fit, augment, rng) if cfg.specaugment else fit
         loss = loss_of(batch) + cfg.mix_l2 * adapter.mix_penalty()
         loss.backward()
         nn.utils.clip_grad_norm_([p for g in opt_groups for p in g["params"] if p.requires_grad], cfg.grad_clip)
