@@ -1,0 +1,107 @@
+"""LDA key-identification probe for a simulator variability setting (the measurement behind a version bump).
+
+    python tools/signature_probe.py --profile armband8 --users 8 --minutes 3 --set key_signature_scope=key
+
+Per test user: an LDA on their own other session (personalized) vs on every other user
+(generic), and the same-finger share of the generic probe's most confused letter pairs
+(firmware_sim/report.py's key_id_proxy). SIMULATED DATA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields, replace
+from typing import Any
+
+import numpy as np
+
+from emgkey.firmware_sim.population import Population, UserVariability
+from emgkey.firmware_sim.report import LDA_SHRINKAGE, MIN_KEY_COUNT, _stack, key_id_proxy, keystroke_features
+from emgkey.firmware_sim.simulate import simulate_session
+from emgkey.profiles import get_profile
+
+
+def _parse(sets: list[str]) -> UserVariability:
+    v = UserVariability()
+    types = {f.name: f.type for f in fields(UserVariability)}
+    for s in sets:
+        k, _, val = s.partition("=")
+        assert k in types, f"unknown UserVariability field {k!r}"
+        v = replace(v, **{k: val if "str" in str(types[k]) else type(getattr(v, k))(val)})
+    return v
+
+
+def _one(args: tuple[str, int, int, float, int, list[str]]) -> Any:
+    profile, u, s, minutes, seed, sets = args
+    pop = Population(seed, variability=_parse(sets))
+    return keystroke_features(simulate_session(get_profile(profile), u, s, minutes, seed, population=pop))
+
+
+def calibration_proxy(feats: list[Any], n_own: int, tau: float = 5.0) -> float:
+    """Mean accuracy of the generic LDA whose class means move towards the user's first ``n_own`` presses.
+
+    MAP-style adaptation: mean_k = (n_k * own_k + tau * generic_k) / (n_k + tau), the generic
+    covariance kept; a proxy for what a short calibration can do, not a model of one.
+    """
+    accs = []
+    for u in sorted({kf.user for kf in feats}):
+        own = [kf for kf in feats if kf.user == u]
+        keys = [k for kf in own[:-1] for k in kf.keys]
+        classes = sorted(k for k in set(keys) if keys.count(k) >= MIN_KEY_COUNT)
+        index = {k: i for i, k in enumerate(classes)}
+        x_gen, y_gen = _stack([kf for kf in feats if kf.user != u], index)
+        x_own, y_own = _stack(own[:1], index)
+        x_own, y_own = x_own[:n_own], y_own[:n_own]
+        x_test, y_test = _stack(own[-1:], index)
+        if any(np.sum(y_gen == k) == 0 for k in range(len(classes))):
+            continue
+        means = np.stack([x_gen[y_gen == k].mean(axis=0) for k in range(len(classes))])  # (K, D)
+        resid = x_gen - means[y_gen]
+        d = x_gen.shape[1]
+        cov = resid.T @ resid / max(len(x_gen) - len(classes), 1)
+        cov = (1 - LDA_SHRINKAGE) * cov + LDA_SHRINKAGE * np.trace(cov) / d * np.eye(d)
+        for k in range(len(classes)):
+            n = int(np.sum(y_own == k))
+            if n:
+                means[k] = (n * x_own[y_own == k].mean(axis=0) + tau * means[k]) / (n + tau)
+        w = np.linalg.solve(cov, means.T)
+        b = -0.5 * np.sum(means.T * w, axis=0)
+        accs.append(float(np.mean(np.argmax(x_test @ w + b, axis=1) == y_test)))
+    return float(np.mean(accs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="armband8")
+    ap.add_argument("--users", type=int, default=8)
+    ap.add_argument("--sessions", type=int, default=2)
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], help="UserVariability field=value")
+    a = ap.parse_args()
+    jobs = [(a.profile, u, s, a.minutes, a.seed, a.set) for u in range(a.users) for s in range(a.sessions)]
+    with ProcessPoolExecutor(a.workers) as ex:
+        feats = list(ex.map(_one, jobs))
+    r = key_id_proxy(feats)
+    conf = r["generic_confusions"]
+    cal = {n: calibration_proxy(feats, n) for n in (60, 120, 240)}
+    print(
+        json.dumps(
+            {
+                "profile": a.profile,
+                "set": a.set,
+                "mean": r["mean"],
+                "calibrated_first_n": cal,
+                "confusions": {k: v for k, v in conf.items() if k != "top"},
+                "top": [(r["keys"], r["count"], r["same_finger"]) for r in conf["top"]],
+            },
+            default=str,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
