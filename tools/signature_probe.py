@@ -24,12 +24,18 @@ from emgkey.profiles import get_profile
 
 
 def _parse(sets: list[str]) -> UserVariability:
+    """``FIELD=VALUE`` overrides, each parsed as the field's default's type (booleans: true / false)."""
     v = UserVariability()
-    types = {f.name: f.type for f in fields(UserVariability)}
+    names = {f.name for f in fields(UserVariability)}
     for s in sets:
         k, _, val = s.partition("=")
-        assert k in types, f"unknown UserVariability field {k!r}"
-        v = replace(v, **{k: val if "str" in str(types[k]) else type(getattr(v, k))(val)})
+        assert k in names, f"unknown UserVariability field {k!r}"
+        kind = type(getattr(v, k))
+        if kind is bool:
+            assert val.lower() in ("true", "false"), f"{k} takes true or false, not {val!r}"
+            v = replace(v, **{k: val.lower() == "true"})
+        else:
+            v = replace(v, **{k: kind(val)})
     return v
 
 
