@@ -247,16 +247,24 @@ def key_similarity(features: Sequence[KeystrokeFeatures], top: int = TOP_PAIRS) 
     }
 
 
-def _lda_fit(x: F64, y: npt.NDArray[np.int_], n_classes: int, shrinkage: float) -> tuple[F64, F64]:
-    """Shrinkage LDA with equal priors: returns (weights (D, K), biases (K,))."""
+def lda_stats(x: F64, y: npt.NDArray[np.int_], n_classes: int, shrinkage: float) -> tuple[F64, F64]:
+    """Class means (K, D) and the shrunk pooled within-class covariance (D, D) of a shrinkage LDA."""
     d = x.shape[1]
     means = np.stack([x[y == k].mean(axis=0) for k in range(n_classes)])  # (K, D)
     resid = x - means[y]  # (N, D)
     cov = resid.T @ resid / max(len(x) - n_classes, 1)  # (D, D)
-    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+    return means, (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+
+
+def lda_weights(means: F64, cov: F64) -> tuple[F64, F64]:
+    """Equal-prior linear discriminant of class means and a shared covariance: (weights (D, K), biases (K,))."""
     w = np.linalg.solve(cov, means.T)  # (D, K)
-    b = -0.5 * np.sum(means.T * w, axis=0)  # (K,)
-    return w, b
+    return w, -0.5 * np.sum(means.T * w, axis=0)
+
+
+def _lda_fit(x: F64, y: npt.NDArray[np.int_], n_classes: int, shrinkage: float) -> tuple[F64, F64]:
+    """Shrinkage LDA with equal priors: returns (weights (D, K), biases (K,))."""
+    return lda_weights(*lda_stats(x, y, n_classes, shrinkage))
 
 
 def _stack(kfs: Sequence[KeystrokeFeatures], index: dict[str, int]) -> tuple[F64, npt.NDArray[np.int_]]:

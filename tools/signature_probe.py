@@ -1,6 +1,6 @@
 """LDA key-identification probe for a simulator variability setting (the measurement behind a version bump).
 
-    python tools/signature_probe.py --profile armband8 --users 8 --minutes 3 --set key_signature_scope=key
+    python tools/signature_probe.py --profile armband8 --users 8 --minutes 3 --set key_signature=0.15
 
 Per test user: an LDA on their own other session (personalized) vs on every other user
 (generic), and the same-finger share of the generic probe's most confused letter pairs
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields, replace
 from typing import Any
@@ -18,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from emgkey.firmware_sim.population import Population, UserVariability
-from emgkey.firmware_sim.report import LDA_SHRINKAGE, MIN_KEY_COUNT, _stack, key_id_proxy, keystroke_features
+from emgkey.firmware_sim.report import (
+    LDA_SHRINKAGE,
+    MIN_KEY_COUNT,
+    _stack,
+    key_id_proxy,
+    keystroke_features,
+    lda_stats,
+    lda_weights,
+)
 from emgkey.firmware_sim.simulate import simulate_session
 from emgkey.profiles import get_profile
 
@@ -54,8 +63,8 @@ def calibration_proxy(feats: list[Any], n_own: int, tau: float = 5.0) -> float:
     accs = []
     for u in sorted({kf.user for kf in feats}):
         own = [kf for kf in feats if kf.user == u]
-        keys = [k for kf in own[:-1] for k in kf.keys]
-        classes = sorted(k for k in set(keys) if keys.count(k) >= MIN_KEY_COUNT)
+        counts = Counter(k for kf in own[:-1] for k in kf.keys)
+        classes = sorted(k for k, n in counts.items() if n >= MIN_KEY_COUNT)
         index = {k: i for i, k in enumerate(classes)}
         x_gen, y_gen = _stack([kf for kf in feats if kf.user != u], index)
         x_own, y_own = _stack(own[:1], index)
@@ -63,17 +72,12 @@ def calibration_proxy(feats: list[Any], n_own: int, tau: float = 5.0) -> float:
         x_test, y_test = _stack(own[-1:], index)
         if any(np.sum(y_gen == k) == 0 for k in range(len(classes))):
             continue
-        means = np.stack([x_gen[y_gen == k].mean(axis=0) for k in range(len(classes))])  # (K, D)
-        resid = x_gen - means[y_gen]
-        d = x_gen.shape[1]
-        cov = resid.T @ resid / max(len(x_gen) - len(classes), 1)
-        cov = (1 - LDA_SHRINKAGE) * cov + LDA_SHRINKAGE * np.trace(cov) / d * np.eye(d)
+        means, cov = lda_stats(x_gen, y_gen, len(classes), LDA_SHRINKAGE)  # (K, D), (D, D)
         for k in range(len(classes)):
             n = int(np.sum(y_own == k))
             if n:
                 means[k] = (n * x_own[y_own == k].mean(axis=0) + tau * means[k]) / (n + tau)
-        w = np.linalg.solve(cov, means.T)
-        b = -0.5 * np.sum(means.T * w, axis=0)
+        w, b = lda_weights(means, cov)
         accs.append(float(np.mean(np.argmax(x_test @ w + b, axis=1) == y_test)))
     return float(np.mean(accs))
 
@@ -102,7 +106,7 @@ def main() -> None:
                 "mean": r["mean"],
                 "calibrated_first_n": cal,
                 "confusions": {k: v for k, v in conf.items() if k != "top"},
-                "top": [(r["keys"], r["count"], r["same_finger"]) for r in conf["top"]],
+                "top": [(row["keys"], row["count"], row["same_finger"]) for row in conf["top"]],
             },
             default=str,
         )
