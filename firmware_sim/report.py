@@ -258,8 +258,9 @@ def lda_stats(x: F64, y: npt.NDArray[np.int_], n_classes: int, shrinkage: float)
 
 def lda_weights(means: F64, cov: F64) -> tuple[F64, F64]:
     """Equal-prior linear discriminant of class means and a shared covariance: (weights (D, K), biases (K,))."""
-    w = np.linalg.solve(cov, means.T)  # (D, K)
-    return w, -0.5 * np.sum(means.T * w, axis=0)
+    w = np.asarray(np.linalg.solve(cov, means.T), dtype=np.float64)  # (D, K)
+    b = np.asarray(-0.5 * np.sum(means.T * w, axis=0), dtype=np.float64)  # (K,)
+    return w, b
 
 
 def _lda_fit(x: F64, y: npt.NDArray[np.int_], n_classes: int, shrinkage: float) -> tuple[F64, F64]:
