@@ -65,6 +65,7 @@ class Student:
     name: str
     bundle: Path
     checkpoint: Path | None
+    data: tuple[Path, Path] | None = None  # (dataset, split) it was trained on: for its key prior
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -160,8 +161,11 @@ def prepare_users(args: argparse.Namespace, profile_name: str, work: Path) -> li
     return users
 
 
-def evaluate_deployed(bundle_dir: str | Path, normalization: dict[str, Any] | None, eval_path: str) -> dict[str, Any]:
-    """CER and NLL/key of the evaluation session through the streaming runtime (torch-free)."""
+def evaluate_deployed(
+    bundle_dir: str | Path, normalization: dict[str, Any] | None, eval_path: str, keys: Any = None
+) -> dict[str, Any]:
+    """CER and NLL/key of the evaluation session through the streaming runtime (torch-free); ``keys``: a
+    ``keyproto.KeyProfile`` to decode with (key rescoring), as ``emgkey run --user`` does when it is enabled."""
     from emgkey import charset
     from emgkey.bundle import load_bundle
     from emgkey.edge_runtime.calib_ctc import nll_per_char
@@ -172,7 +176,12 @@ def evaluate_deployed(bundle_dir: str | Path, normalization: dict[str, Any] | No
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
     engine, precision = open_deployed_engine(bundle, "int8", "onnx", 1)
-    rec = Recognizer(engine, m.features, make_decoder_factory("greedy"), m, normalization=normalization)
+    factory = make_decoder_factory("greedy")
+    if keys is not None:
+        from emgkey.edge_runtime.keyproto import key_decoder_factory
+
+        factory = key_decoder_factory(keys, m)
+    rec = Recognizer(engine, m.features, factory, m, normalization=normalization)
     with np.load(eval_path) as z:
         emg, target = z["emg"], str(z["target"])
     emissions, final = decode_samples(rec, emg, [round(m.profile.sample_rate_hz)])  # 1 s blocks, as a device
@@ -270,6 +279,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 else:
                     opts = CalibrationOptions(
                         strategy=strategy,
+                        keys=job["keys"],
                         limits=limits,
                         checkpoint=job["checkpoint"],
                         finetune=ft_cfg,
@@ -282,7 +292,16 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                     row["accepted"] = prof.accepted
                     row["chosen"] = prof.strategy
                     row["heldout"] = {"current": out.current, "candidates": out.candidates}
-                    row["after"] = evaluate_deployed(prof.bundle_dir(bundle.root), prof.normalization, u["eval"])
+                    own = prof.bundle_dir(bundle.root)
+                    row["after"] = evaluate_deployed(own, prof.normalization, u["eval"])
+                    if prof.keys is not None:  # the profile has key prototypes: with them, as the device runs it
+                        from emgkey.edge_runtime.profile_store import load_key_profile
+
+                        row["keys"] = {k: prof.keys[k] for k in ("enabled", "heldout", "presses", "seconds")}
+                        row["after_no_keys"] = row["after"]
+                        kp = load_key_profile(prof)
+                        if kp is not None:
+                            row["after"] = evaluate_deployed(own, prof.normalization, u["eval"], kp)
             except (CalibrationDataError, EmgkeyError) as exc:
                 row["error"] = str(exc)[:300]
             rows.append(row)
@@ -328,7 +347,7 @@ def train_small(args: argparse.Namespace, work: Path) -> list[Student]:
                  "--window-s", "4", "--max-test-windows", "8", "--force"],
                 check=True, env=env,
             )  # fmt: skip
-        students.append(Student(f"{name} (tiny)", bundle, run / "best.pt"))
+        students.append(Student(f"{name} (tiny)", bundle, run / "best.pt", (data, data / "splits" / "generic.yaml")))
     return students
 
 
@@ -361,6 +380,10 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
         a_cer = [r["after"]["cer"] for r in ok]
         d_cer = [r["after"]["cer"] if r.get("accepted", True) else b for r, b in zip(ok, b_cer)]
         rel = [(b - a) / b for b, a in zip(b_cer, a_cer) if b > 0]
+        nk = [r for r in ok if "after_no_keys" in r]
+        nk_cer = [r["after_no_keys"]["cer"] for r in nk]
+        nk_rel = [(before[(r["student"], r["user"])]["cer"] - c) / before[(r["student"], r["user"])]["cer"]
+                  for r, c in zip(nk, nk_cer) if before[(r["student"], r["user"])]["cer"] > 0]  # fmt: skip
         out.append(
             {
                 "student": student,
@@ -374,6 +397,9 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
                 "cer_deployed": mean(d_cer),
                 "cer_average_arm": mean(avg_cer) if len(avg_cer) == len(ok) else None,
                 "cer_reduction_mean": mean(rel),
+                "keys_enabled": sum(bool(r["keys"]["enabled"]) for r in nk) if len(nk) == len(ok) and nk else None,
+                "cer_after_no_keys": mean(nk_cer) if len(nk) == len(ok) else None,
+                "cer_reduction_no_keys": mean(nk_rel) if len(nk) == len(ok) else None,
                 "nll_before": mean([before[(r["student"], r["user"])]["nll"] for r in ok]),
                 "nll_after": mean([r["after"]["nll"] for r in ok]),
                 "accepted": sum(bool(r.get("accepted")) for r in ok) if strategy != "scratch" else None,
@@ -387,6 +413,11 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
 
 def _fmt(x: Any, nd: int = 1) -> str:
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def _no_keys(r: dict[str, Any]) -> str:
+    red = r.get("cer_reduction_no_keys")
+    return "-" if red is None else f"{_fmt(r['cer_after_no_keys'])} ({100 * red:+.1f}%)"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -406,16 +437,22 @@ def markdown(result: dict[str, Any]) -> str:
         "placement and anatomy difference off (band rotation, muscle positions and sizes, finger and key mixes): "
         "what it would do if calibration undid all of them.",
         "",
+        "Key rescoring (calibration step 3, when the bundle has a key prior): 'CER after' decodes with the user's "
+        "key prototypes where the held-out prompts enabled them ('keys on': users), 'without keys' is the same "
+        "profile decoded by plain greedy CTC. 'compute s' includes the key step.",
+        "",
         "| student | strategy | s | users (failed) | CER before | CER after | CER deployed | CER reduction | "
+        "without keys (reduction) | keys on | "
         "CER average arm | NLL before | NLL after | accepted | compute s (median / max) | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["summary"]:
         red = r["cer_reduction_mean"]
         lines.append(
             f"| {r['student']} | {r['strategy']} | {r['seconds']:g} | {r['users']} ({r['failed']}) | "
             f"{_fmt(r['cer_before'])} | {_fmt(r['cer_after'])} | {_fmt(r['cer_deployed'])} | "
-            f"{'-' if red is None else f'{100 * red:+.1f}%'} | {_fmt(r.get('cer_average_arm'))} | "
+            f"{'-' if red is None else f'{100 * red:+.1f}%'} | {_no_keys(r)} | {_fmt(r.get('keys_enabled'))} | "
+            f"{_fmt(r.get('cer_average_arm'))} | "
             f"{_fmt(r['nll_before'], 3)} | "
             f"{_fmt(r['nll_after'], 3)} | {_fmt(r['accepted'])} | {_fmt(r['compute_s_median'])} / "
             f"{_fmt(r['compute_s_max'])} | {_fmt(r['peak_rss_mb'], 0)} |"
@@ -487,6 +524,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="prompt choice")
     p.add_argument("--population-seed", type=int, default=0, help="simulated population")
+    p.add_argument(
+        "--key-prior", nargs=2, metavar=("DATA", "SPLIT"), default=None,
+        help="add a key prior (emgkey export keyprior) from this dataset's training sessions to each bundle copy "
+        "that has none; tiny students get one from their own training data",
+    )  # fmt: skip
+    p.add_argument("--no-keys", action="store_true", help="calibrate without the key step (bundle priors ignored)")
     p.add_argument("--quick", action="store_true", help="2 users, 30 and 60 s, 15 s budgets: a smoke run")
     small = p.add_argument_group("without --bundle: train small students first")
     small.add_argument("--students", nargs="+", default=["gru"], help="tiny students to train (gru, tcn, bilstm)")
@@ -529,6 +572,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         copy = work / f"bundle_copy_{st.bundle.name}"  # profiles are written next to the bundle: not the original
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(st.bundle, copy, ignore=shutil.ignore_patterns("profiles"))
+        prior_src = tuple(args.key_prior) if args.key_prior else st.data
+        if prior_src is not None and not args.no_keys and "key_prior" not in load_bundle(copy).manifest.model:
+            from emgkey.export.key_prior import add_key_prior, fit_key_prior
+
+            log.info("%s: key prior from %s", st.name, prior_src[0])
+            add_key_prior(copy, fit_key_prior(load_bundle(copy), *prior_src))
         for i, strategy in enumerate(args.strategies):
             if strategy != "stats" and st.checkpoint is None:
                 skipped.append(f"{st.name} / {strategy}: no checkpoint given")
@@ -545,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "budget_s": args.budget_s,
                 "formats": [f for f in args.formats.split(",") if f],
                 "finetune_set": finetune_overrides(args.finetune_set),
+                "keys": not args.no_keys,
             }
             log.info("%s / %s: %d users x %s s", st.name, strategy, len(users), args.seconds)
             with ctx.Pool(1) as pool:
@@ -567,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "students": [{"name": s.name, "bundle": str(s.bundle), "checkpoint": str(s.checkpoint)} for s in students],
             "machine": f"{os.cpu_count()} CPU cores (shared), 1 thread per calibration",
             "population_seed": args.population_seed,
+            "key_prior": None if args.no_keys else (list(args.key_prior) if args.key_prior else "tiny students' data"),
         },
         "summary": summary,
         "targets": targets(summary),

@@ -11,8 +11,12 @@ recording (and what the benchmark runs on simulated recordings):
    (``emgkey.train.finetune_calib``, torch, imported only then) starting from its result, when asked
    for (``finetune``) or possible (``auto``: torch installed and the base checkpoint found);
 4. the best strategy on the held-out slice (deployed engine, int8) is compared with the current model
-   (``calibrate.Acceptance``); the profile is written either way (``profile_store``: atomic, with the
-   recording), and activated only when it wins.
+   (``calibrate.Acceptance``);
+5. when the bundle has a key prior (``emgkey export keyprior``), the user's key prototypes on top of the
+   chosen strategy (``calib_keys``: torch-free; rescoring is enabled only if it does not raise the
+   held-out CER);
+6. the profile is written either way (``profile_store``: atomic, with the recording), and activated only
+   when it wins.
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ from typing import Any
 
 from emgkey.bundle import Bundle, load_bundle, sha256_file
 from emgkey.edge_runtime.calib_data import CalibrationRecording, CalibrationSet, DataLimits
+from emgkey.edge_runtime.calib_keys import calibrate_keys
 from emgkey.edge_runtime.calibrate import Acceptance, Deployed, StatsConfig, estimate_stats, heldout_score
+from emgkey.edge_runtime.keyproto import KeyFitConfig, KeyProtoError, bundle_key_prior
 from emgkey.edge_runtime.profile_store import Profile, ProfileError, ProfileStore, model_fingerprint, open_for_run
 from emgkey.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("stats", "finetune", "auto")
+KEYS_NAME = "keys.npz"
 
 
 @dataclass
@@ -49,6 +56,8 @@ class CalibrationOptions:
     finetune: Any = None  # emgkey.train.finetune_calib.FinetuneConfig (None: its defaults)
     activate: bool = True
     keep_recording: bool = True
+    keys: bool = True  # key prototypes when the bundle has a key prior
+    key_fit: KeyFitConfig = field(default_factory=KeyFitConfig)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -71,6 +80,14 @@ class CalibrationOutcome:
             h = c["heldout"]
             lines.append(
                 f"{name:<8} held-out NLL/key {h['nll']:.3f}, CER {h['cer']:.1f}%  ({c['seconds']:.1f} s compute)"
+            )
+        k = p.keys
+        if k is not None:
+            h = k["heldout"]
+            state = "enabled" if k["enabled"] else "not enabled (no gain on the held-out prompts)"
+            lines.append(
+                f"keys     {k['presses']} aligned presses; held-out CER {h['cer_without']:.1f} -> "
+                f"{h['cer_with']:.1f}% with key rescoring: {state}"
             )
         verdict = "activated" if self.activated else ("accepted, not activated" if p.accepted else "rejected")
         lines.append(f"profile {p.id} ({p.strategy}): {verdict}: {p.reason}")
@@ -105,6 +122,36 @@ def finetune_available(bundle: Bundle, checkpoint: str | Path | None) -> tuple[b
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _key_step(
+    bundle: Bundle,
+    best: dict[str, Any],
+    tmp: Path,
+    cal: CalibrationSet,
+    opt: CalibrationOptions,
+    run_kw: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Key prototypes for the chosen strategy, written to ``tmp/keys.npz``; None when the bundle has no prior.
+
+    A prior that fails its checks, or too few aligned presses, leaves the profile without keys (and says why
+    in its metrics): key rescoring is an addition, never a reason to lose the rest of a calibration.
+    """
+    try:
+        prior = bundle_key_prior(bundle)
+    except KeyProtoError as exc:
+        log.warning("key prior unusable: %s", exc)
+        return {"skipped": str(exc)}
+    if prior is None:
+        return None
+    own = bundle if best["bundle"] is None else load_bundle(tmp / best["bundle"])
+    try:
+        res = calibrate_keys(own, best["normalization"], cal, prior, opt.key_fit, **run_kw)
+    except KeyProtoError as exc:
+        log.warning("no key profile: %s", exc)
+        return {"skipped": str(exc)}
+    path = res.profile.save(tmp / KEYS_NAME)
+    return res.manifest_entry(KEYS_NAME, sha256_file(path))
 
 
 def calibrate_recording(
@@ -180,6 +227,7 @@ def calibrate_recording(
                 c["bundle"] = None
         best = candidates[best_name]
         accepted, reason = opt.acceptance.judge(best["heldout"], cur_score)
+        keys = _key_step(bundle, best, tmp, cal, opt, run_kw) if opt.keys else None
         if opt.keep_recording:
             recording.save(tmp / "recording.npz")
         metrics = {
@@ -192,6 +240,7 @@ def calibrate_recording(
                 for k, v in candidates.items()
             },
             "chosen": best_name,
+            "keys": keys,
             "peak_rss_mb": round(_peak_rss_mb(), 1),
             "seconds_total": round(time.perf_counter() - t_start, 2),
         }
@@ -205,6 +254,7 @@ def calibrate_recording(
             accepted=accepted,
             reason=reason,
             bundle=best["bundle"],
+            keys=keys if keys is not None and "path" in keys else None,
             metrics=metrics,
         )
         profile = store.commit(tmp, profile)

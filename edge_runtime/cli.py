@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify-hashes", action="store_true", help="skip sha256 checks of the bundle's files")
     p.add_argument("--user", default=None, help="apply this user's active calibration profile (emgkey calibrate)")
     p.add_argument("--profile", default=None, help="with --user: this profile id instead of the active one, or 'base'")
+    p.add_argument("--no-keys", action="store_true", help="with --user: do not apply the profile's key rescoring")
     p.set_defaults(func=_run)
 
     lm = sub.add_parser("lm", help="character n-gram language model: build an ARPA file, evaluate it")
@@ -224,13 +225,21 @@ def _run_stream(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle, verify_hashes=not args.no_verify_hashes)
     normalization = None
+    key_profile = None
     if args.user is not None:  # the user's calibration: an input map, and for strategy 2 a bundle of its own
-        from emgkey.edge_runtime.profile_store import open_for_run
+        from emgkey.edge_runtime.profile_store import load_key_profile, open_for_run
 
         bundle, calibration = open_for_run(bundle, args.user, args.profile)
         if calibration is not None:
             normalization = calibration.normalization
-            log.info("user %s: calibration profile %s (%s)", args.user, calibration.id, calibration.strategy)
+            key_profile = None if args.no_keys else load_key_profile(calibration)
+            log.info(
+                "user %s: calibration profile %s (%s%s)",
+                args.user,
+                calibration.id,
+                calibration.strategy,
+                ", key rescoring" if key_profile is not None else "",
+            )
     elif args.profile is not None:
         raise BundleError("no_user", "--profile selects one of a user's profiles: give --user too")
     m = bundle.manifest
@@ -250,6 +259,13 @@ def _run_stream(args: argparse.Namespace) -> int:
         blank=int(m.charset.get("blank", charset.BLANK)),
         num_classes=int(m.streaming.log_probs.shape[-1]),
     )
+    if key_profile is not None:
+        if args.decoder != "greedy":
+            log.warning("the profile's key rescoring runs with --decoder greedy only; decoding without it")
+        else:
+            from emgkey.edge_runtime.keyproto import key_decoder_factory
+
+            factory = key_decoder_factory(key_profile, m)
     recognizer = Recognizer(engine, m.features, factory, m, RecognizerConfig(endpoint=endpoint), normalization)
     source = open_source(args.source, profile=m.profile)
 

@@ -8,6 +8,7 @@ Layout::
         20251122T071502Z/           one profile (the id is its UTC creation time)
             profile.json            written last: a profile folder without it is not a profile
             recording.npz           the calibration data (optional, for inspection and re-runs)
+            keys.npz                the user's key prototypes (when the bundle has a key prior)
             bundle/                 strategy 2 with re-exported layers: a verified bundle of its own
         .20251122T071502Z.partial/  a profile being written (never read; removed when found stale)
 
@@ -50,7 +51,7 @@ ACTIVE_JSON = "active.json"
 HISTORY = "history.jsonl"
 LOCK = ".lock"
 FORMAT = "emgkey-calibration-profile"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional key prototypes (``keys``)
 
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ID = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
@@ -83,6 +84,7 @@ class Profile:
     accepted: bool
     reason: str
     bundle: str | None = None  # relative folder of a re-exported bundle (strategy 2), else the base bundle
+    keys: dict[str, Any] | None = None  # key prototypes: {"path", "sha256", "enabled", "heldout", ...} (calib_keys)
     metrics: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -311,6 +313,26 @@ class ProfileStore:
             self._write_pointer(target.id if target is not None else None, stack)
             self._event("rolled_back", profile=ptr["active"], now_active=target.id if target is not None else None)
         return target
+
+
+def load_key_profile(prof: Profile) -> Any:
+    """The profile's key prototypes (``keyproto.KeyProfile``) when it has them and they are enabled, else None.
+
+    A ``keys.npz`` that is missing or does not match the hash in ``profile.json`` is a ``ProfileError``.
+    """
+    k = prof.keys
+    if not k or not k.get("enabled") or prof.path is None:
+        return None
+    from emgkey.bundle import sha256_file
+    from emgkey.edge_runtime.keyproto import KeyProfile, KeyProtoError
+
+    path = prof.path / str(k["path"])
+    if not path.is_file() or sha256_file(path) != k.get("sha256"):
+        raise ProfileError("keys_corrupt", f"{path} is missing or does not match profile.json's sha256")
+    try:
+        return KeyProfile.load(path)
+    except KeyProtoError as exc:
+        raise ProfileError("keys_corrupt", str(exc)) from exc
 
 
 def open_for_run(bundle: Bundle, user: str, profile_id: str | None = None) -> tuple[Bundle, Profile | None]:

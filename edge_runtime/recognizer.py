@@ -496,6 +496,9 @@ class Recognizer:
         x = frames[:, None]  # (n, 1, n_bands, C, n_freq)
         if n < m and self.engine.fixed_chunk:
             x = np.concatenate([x, np.repeat(x[-1:], m - n, axis=0)], axis=0)  # (m, 1, ...) last frame repeated
+        observe = getattr(stream._decoder, "observe_frames", None)
+        if observe is not None:  # a decoder that reads the model's input too (keyproto.KeyRescoringDecoder)
+            observe(frames)
         t0 = time.perf_counter()
         log_probs, stream._model_state = self.engine.run(x, stream._model_state)
         t1 = time.perf_counter()

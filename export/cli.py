@@ -3,6 +3,7 @@
     emgkey export distill --teacher T.pt --student gru --data DIR --split S --out RUN [--config tiny]
     emgkey export bundle  --checkpoint RUN/best.pt --data DIR --split S --out BUNDLE/
                           [--precisions fp32,int8] [--formats onnx,tflite]
+    emgkey export keyprior BUNDLE --data DIR --split S [--sessions 16]
     emgkey verify BUNDLE [--runtimes onnxruntime,ai-edge-litert,tflite-runtime] [--no-write]
 
 Handlers import torch (and onnx, litert-torch) lazily; ``emgkey verify`` never imports
@@ -66,12 +67,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--split", default=None, help="split YAML (default: the one in the manifest)")
     r.set_defaults(func=_reproduce)
 
+    k = esub.add_parser(
+        "keyprior", help="add the population's key classes to a bundle (key rescoring after calibration; no torch)"
+    )
+    k.add_argument("bundle", help="bundle folder (gets keyprior.npz and manifest model.key_prior)")
+    k.add_argument("--data", required=True, help="dataset folder with the training sessions")
+    k.add_argument("--split", required=True, help="split YAML (its train sessions are used)")
+    k.add_argument("--sessions", type=int, default=16, help="training sessions to align (spread over the list)")
+    k.add_argument("--shrinkage", type=float, default=0.3, help="covariance shrinkage towards the identity")
+    k.add_argument("--min-count", type=int, default=20, help="aligned presses a character needs to be a class")
+    k.add_argument("--threads", type=int, default=1)
+    k.set_defaults(func=_keyprior)
+
     v = sub.add_parser("verify", help="run a bundle's files on every installed runtime against its fp32 reference")
     v.add_argument("bundle", help="bundle folder")
     v.add_argument("--runtimes", type=_csv, default=None, help="only these (onnxruntime,ai-edge-litert,tflite-runtime)")
     v.add_argument("--no-write", action="store_true", help="report only; leave manifest.json as it is")
     v.add_argument("--json", action="store_true", help="print the full report as JSON")
     v.set_defaults(func=_verify)
+
+
+def _keyprior(args: argparse.Namespace) -> int:
+    from emgkey.bundle import load_bundle
+    from emgkey.export.key_prior import add_key_prior, fit_key_prior
+
+    prior = fit_key_prior(
+        load_bundle(args.bundle),
+        args.data,
+        args.split,
+        sessions=args.sessions,
+        shrinkage=args.shrinkage,
+        min_count=args.min_count,
+        threads=args.threads,
+    )
+    print(json.dumps(add_key_prior(args.bundle, prior), indent=2))
+    return 0
 
 
 def _distill(args: argparse.Namespace) -> int:

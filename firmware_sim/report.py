@@ -40,6 +40,7 @@ from emgkey.atomic import atomic_write_text
 from emgkey.firmware_sim.keyboard import SHIFT, base_key, char_to_key, is_typeable, key_geometry
 from emgkey.firmware_sim.physiology import SIMULATOR_VERSION
 from emgkey.firmware_sim.simulate import SimulatedSession, simulate_session
+from emgkey.lda import lda_stats, lda_weights
 from emgkey.profiles import DeviceProfile, get_profile
 
 log = logging.getLogger(__name__)
@@ -245,22 +246,6 @@ def key_similarity(features: Sequence[KeystrokeFeatures], top: int = TOP_PAIRS) 
         "all_pairs_same_finger_fraction": float(np.mean(same)) if pairs else math.nan,
         "n_pairs": len(pairs),
     }
-
-
-def lda_stats(x: F64, y: npt.NDArray[np.int_], n_classes: int, shrinkage: float) -> tuple[F64, F64]:
-    """Class means (K, D) and the shrunk pooled within-class covariance (D, D) of a shrinkage LDA."""
-    d = x.shape[1]
-    means = np.stack([x[y == k].mean(axis=0) for k in range(n_classes)])  # (K, D)
-    resid = x - means[y]  # (N, D)
-    cov = resid.T @ resid / max(len(x) - n_classes, 1)  # (D, D)
-    return means, (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
-
-
-def lda_weights(means: F64, cov: F64) -> tuple[F64, F64]:
-    """Equal-prior linear discriminant of class means and a shared covariance: (weights (D, K), biases (K,))."""
-    w = np.asarray(np.linalg.solve(cov, means.T), dtype=np.float64)  # (D, K)
-    b = np.asarray(-0.5 * np.sum(means.T * w, axis=0), dtype=np.float64)  # (K,)
-    return w, b
 
 
 def _lda_fit(x: F64, y: npt.NDArray[np.int_], n_classes: int, shrinkage: float) -> tuple[F64, F64]:

@@ -244,3 +244,68 @@ def test_strategy_finetune_needs_torch_and_the_checkpoint(toy: Path, capsys) -> 
     assert rc == 2
     assert "finetune cannot run" in capsys.readouterr().err
     assert not (toy / "profiles" / "gina").exists() or not ProfileStore(toy, "gina").profiles()
+
+
+def _add_keyed_prior(bundle: Path) -> None:
+    """A key prior fitted, as ``emgkey export keyprior`` does, on a keyed population recording (any key count)."""
+    from emgkey import charset
+    from emgkey.bundle import load_bundle
+    from emgkey.edge_runtime.calib_data import Segment
+    from emgkey.edge_runtime.calibrate import Deployed, Scorer
+    from emgkey.edge_runtime.keyproto import KeyFeatureSpec, KeyPrior, ctc_peaks, key_vectors
+    from emgkey.export.key_prior import add_key_prior
+
+    b = load_bundle(bundle)
+    m = b.manifest
+    xs, ys = [], []
+    for seed in (100, 101):
+        pop = keyed_emg(ARMBAND8, 60.0, keys=KEYS, seed=seed)
+        feats = compute_features(pop.emg, m.features)
+        y = np.asarray(charset.str_to_labels(pop.target), np.int64)
+        norm = Deployed(b, None, "base").input_map()
+        lp = Scorer(b, feats, use="auto", precision="fp32").emissions(norm, Segment(pop.target, 0, len(feats), y))
+        peaks = ctc_peaks(lp, y)
+        ok = peaks >= 0
+        xs.append(key_vectors(norm(feats), peaks[ok], KeyFeatureSpec(), m.features.frame_rate_hz))
+        ys.append(y[ok])
+    shape = (m.profile.n_bands, m.profile.channels_per_band, m.features.n_freq)
+    add_key_prior(bundle, KeyPrior.fit(xs, ys, KeyFeatureSpec(), m.features.frame_rate_hz, shape, min_count=3))
+
+
+def test_key_prototypes_are_calibrated_kept_with_the_profile_and_used_by_run(
+    keyed: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(keyed, bundle, ignore=shutil.ignore_patterns("profiles"))
+    _add_keyed_prior(bundle)
+    shift = (1, -1)
+    emg, _, spans = _rotated_recording(40.0, shift, seed=3)
+    rec_path = CalibrationRecording(ARMBAND8, emg, spans, "keyed test").save(tmp_path / "calib.npz")
+    args = ["calibrate", "--bundle", str(bundle), "--user", "erin", "--recording", str(rec_path)]
+    assert main([*args, "--strategy", "stats", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    keys = out["keys"]
+    assert keys is not None and keys["presses"] >= 20 and isinstance(keys["enabled"], bool)
+    h = keys["heldout"]
+    assert keys["enabled"] == (h["cer_with"] <= h["cer_without"])
+    prof = ProfileStore(bundle, "erin").active()
+    assert prof is not None and (prof.path / "keys.npz").is_file()
+
+    eval_emg, target, _ = _rotated_recording(15.0, shift, seed=4)
+    url = f"replay://{_write_session(tmp_path / 'eval.hdf5', eval_emg)}?speed=max"
+    without = _run_text(capsys, bundle, url, "--user", "erin", "--no-keys")
+    assert cer(without, target) < 10.0
+    # Whether or not the held-out slice enabled it, rescoring runs when the profile says so.
+    data = json.loads((prof.path / "profile.json").read_text())
+    data["keys"]["enabled"] = True
+    (prof.path / "profile.json").write_text(json.dumps(data))
+    with_keys = _run_text(capsys, bundle, url, "--user", "erin")
+    assert cer(with_keys, target) < 15.0  # the oracle's own keys are the user's: rescoring keeps them
+
+    # A damaged keys.npz is refused with a clear error; --no-keys still runs the rest of the profile.
+    (prof.path / "keys.npz").write_bytes(b"not an npz")
+    rc = main(["run", "--bundle", str(bundle), "--source", url, "--no-endpoint", "--status", "off", "--user", "erin"])
+    assert rc == 2 and "keys_corrupt" in capsys.readouterr().err
+    assert _run_text(capsys, bundle, url, "--user", "erin", "--no-keys") == without

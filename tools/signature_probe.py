@@ -25,10 +25,9 @@ from emgkey.firmware_sim.report import (
     _stack,
     key_id_proxy,
     keystroke_features,
-    lda_stats,
-    lda_weights,
 )
 from emgkey.firmware_sim.simulate import simulate_session
+from emgkey.lda import lda_stats, lda_weights
 from emgkey.profiles import get_profile
 
 

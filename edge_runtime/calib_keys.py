@@ -1,0 +1,117 @@
+"""Calibration step 3 (torch-free): the user's key prototypes, on top of whichever strategy won.
+
+With a key prior in the bundle (``emgkey export keyprior``), the calibration prompts are force-aligned by the
+chosen model (its bundle and input map, the deployed streaming engine), the key vectors at the aligned frames
+move the prior's class means towards the user (``keyproto.fit_profile``), and the result is tried on the
+held-out prompts: greedy CER with and without rescoring, on the same emissions. Rescoring is *enabled* in the
+profile only when it does not raise the held-out CER. The stored ``keys.npz`` is then refitted on every
+prompt (fit and held-out): the decision is made on unseen prompts, the final means use the whole minute.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from emgkey import charset
+from emgkey.bundle import Bundle
+from emgkey.decoding import greedy_decode
+from emgkey.edge_runtime.calib_data import CalibrationSet, Segment
+from emgkey.edge_runtime.calibrate import Deployed, Scorer
+from emgkey.edge_runtime.keyproto import (
+    KeyFitConfig,
+    KeyPrior,
+    KeyProfile,
+    KeyProtoError,
+    ctc_peaks,
+    fit_profile,
+    key_vectors,
+    rescore_offline,
+)
+from emgkey.metrics import EditCounts, edit_counts
+
+
+@dataclass
+class KeyCalibration:
+    profile: KeyProfile  # fitted on every prompt
+    enabled: bool
+    heldout: dict[str, float]  # {"cer_without", "cer_with", "keys"}
+    seconds: float
+
+    def manifest_entry(self, path: str, sha256: str) -> dict[str, Any]:
+        return {
+            "path": path,
+            "sha256": sha256,
+            "enabled": self.enabled,
+            "heldout": self.heldout,
+            "seconds": round(self.seconds, 3),
+            "presses": self.profile.info.get("presses"),
+            "classes_seen": self.profile.info.get("classes_seen"),
+        }
+
+
+def _aligned(
+    scorer: Scorer, norm: Any, frames: np.ndarray, segments: Sequence[Segment], prior: KeyPrior
+) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for seg in segments:
+        lp = scorer.emissions(norm, seg)  # (frames, classes): emission j describes frame seg.start + j
+        peaks = ctc_peaks(lp, seg.targets)
+        ok = peaks >= 0
+        if ok.any():
+            xs.append(key_vectors(frames, peaks[ok] + seg.start, prior.spec, prior.frame_rate_hz))
+            ys.append(seg.targets[ok])
+    if not xs:
+        return np.zeros((0, prior.means.shape[1])), np.zeros(0, np.int64)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _heldout(scorer: Scorer, norm: Any, frames: np.ndarray, cal: CalibrationSet, profile: KeyProfile) -> dict[str, Any]:
+    without, with_ = EditCounts(), EditCounts()
+    lookback = max(0, -profile.spec.edges(profile.frame_rate_hz)[0])
+    lookahead = profile.spec.lookahead(profile.frame_rate_hz)
+    for seg in cal.heldout:
+        lp = scorer.emissions(norm, seg)
+        a = max(0, seg.start - lookback)
+        b = min(len(frames), seg.stop + lookahead)
+        target = charset.labels_to_str([int(t) for t in seg.targets])
+        without = without + edit_counts(charset.labels_to_str(greedy_decode(lp)), target)
+        # emission j describes frame seg.start + j = observed frame j + (seg.start - a): a "delay" of a - seg.start
+        labels = rescore_offline(lp, frames[a:b], profile, delay=a - seg.start)
+        with_ = with_ + edit_counts(charset.labels_to_str(labels), target)
+    return {"cer_without": round(without.cer, 3), "cer_with": round(with_.cer, 3), "keys": without.target_len}
+
+
+def calibrate_keys(
+    own: Bundle,
+    normalization: dict[str, Any] | None,
+    cal: CalibrationSet,
+    prior: KeyPrior,
+    cfg: KeyFitConfig | None = None,
+    *,
+    precision: str = "int8",
+    format: str = "onnx",
+    threads: int = 1,
+) -> KeyCalibration:
+    """``own``/``normalization``: the model the profile will run (the chosen strategy's)."""
+    cfg = cfg or KeyFitConfig()
+    t0 = time.perf_counter()
+    model = Deployed(own, normalization, "chosen")
+    norm = model.input_map()
+    m = own.manifest
+    frame_shape = (m.profile.n_bands, m.profile.channels_per_band, m.features.n_freq)
+    if tuple(prior.frame_shape) != frame_shape:
+        raise KeyProtoError(f"the key prior is for frames {prior.frame_shape}, the model reads {frame_shape}")
+    frames = norm(cal.features)  # (F, n_bands, C, n_freq): what the model reads
+    scorer = Scorer(own, cal.features, use="streaming", precision=precision, format=format, threads=threads)
+    x_fit, y_fit = _aligned(scorer, norm, frames, cal.fit, prior)
+    trial = fit_profile(prior, x_fit, y_fit, cfg)
+    heldout = _heldout(scorer, norm, frames, cal, trial)
+    x_ho, y_ho = _aligned(scorer, norm, frames, cal.heldout, prior)
+    final = fit_profile(prior, np.concatenate([x_fit, x_ho]), np.concatenate([y_fit, y_ho]), cfg)
+    enabled = heldout["cer_with"] <= heldout["cer_without"]
+    return KeyCalibration(final, enabled, heldout, time.perf_counter() - t0)

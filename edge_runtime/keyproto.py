@@ -1,0 +1,596 @@
+"""Key-prototype rescoring: a per-user second opinion on every character the CTC model emits (numpy only).
+
+A generic CTC model usually *finds* a stranger's keystrokes (where a character is) but often names the wrong
+key: on the simulator most of its errors after calibration are substitutions. A minute of prompted typing
+holds, for most keys, a few presses of the user's own; their spectra tell this user's keys apart better than
+the population's do. This module turns that into a cheap decoding step on top of greedy CTC:
+
+1. **Key vectors** (``KeyFeatureSpec``, ``key_vectors``): around a keystroke's emission frame, the mean of the
+   model's input frames (log-spectrogram after the input normalization) in a few time windows (-200..+40 ms
+   by default) and frequency-bin groups, per electrode: (windows x groups x n_bands x C) numbers.
+2. **Prior** (``KeyPrior``, in the bundle, written by ``emgkey export keyprior`` from training users): class
+   means of the characters pressed often enough and a shrunk pooled within-class covariance (``emgkey.lda``),
+   of vectors taken at the frames where the bundle's own model aligns the training transcripts (``ctc_peaks``:
+   Viterbi forced alignment, the same as on the device).
+3. **User profile** (``KeyProfile``, ``fit_profile``): the calibration prompts aligned by the deployed model
+   (no keylogger: the prompt is the target, and the alignment tolerates the odd typo); each class mean moved
+   towards the user's presses, ``(n * user_mean + tau * prior_mean) / (n + tau)`` (MAP with ``tau``
+   pseudo-presses); the vectors are centred by the user's mean keystroke vector.
+4. **Rescoring** (``KeyRescoringDecoder``): greedy CTC, but each emitted run's label is re-chosen among the
+   prior's classes by ``log p_ctc(k | peak frame) + lam * log p_lda(k | key vector)`` once the frames its
+   window needs have arrived (``lookahead_frames`` after the run's peak). Characters outside the prior's
+   classes (rare keys, space, backspace...) keep the model's label. The centre of the vectors follows the
+   stream: the calibration centre with ``centre_weight`` pseudo-presses, updated with every rescored press.
+
+Partial results show the model's own labels for runs still waiting for their look-ahead; ``finish=True`` (the
+end of a segment) rescores them with what there is.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emgkey import charset
+from emgkey.atomic import atomic_write_bytes
+from emgkey.bundle import Bundle, sha256_file
+from emgkey.errors import EmgkeyError
+from emgkey.lda import lda_stats, lda_weights
+
+PRIOR_FORMAT = "emgkey-keyprior"
+PROFILE_FORMAT = "emgkey-keyprofile"
+FORMAT_VERSION = 1
+
+
+class KeyProtoError(EmgkeyError, ValueError):
+    """A key prior or key profile is missing, malformed, or for another model or front end."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Key vectors
+
+
+@dataclass(frozen=True)
+class KeyFeatureSpec:
+    """Which frames and bins make a keystroke's vector (frame offsets scale with the frame rate)."""
+
+    edges_ms: tuple[float, ...] = (-200.0, -140.0, -80.0, -20.0, 40.0)  # window edges around the emission frame
+    bin_groups: tuple[tuple[int, int], ...] = ((0, 2), (2, 5), (5, 0))  # [a, b) bins; b == 0: to the last bin
+
+    def __post_init__(self) -> None:
+        assert len(self.edges_ms) >= 2 and list(self.edges_ms) == sorted(self.edges_ms), "edges must increase"
+        assert self.bin_groups, "at least one bin group"
+
+    def edges(self, frame_rate_hz: float) -> tuple[int, ...]:
+        """Window edges in frames (rounded half up): 50 fps -> (-10, -7, -4, -1, 2)."""
+        return tuple(math.floor(ms * frame_rate_hz / 1000.0 + 0.5) for ms in self.edges_ms)
+
+    def lookahead(self, frame_rate_hz: float) -> int:
+        """Frames after the emission frame that its vector reads."""
+        return max(0, self.edges(frame_rate_hz)[-1])
+
+    def groups(self, n_freq: int) -> list[tuple[int, int]]:
+        out = [(a, b if b > 0 else n_freq) for a, b in self.bin_groups]
+        for a, b in out:
+            if not 0 <= a < b <= n_freq:
+                raise KeyProtoError(f"bin group [{a}, {b}) does not fit {n_freq} frequency bins")
+        return out
+
+    def dim(self, frame_shape: tuple[int, ...]) -> int:
+        n_bands, c, _ = frame_shape
+        return (len(self.edges_ms) - 1) * len(self.bin_groups) * n_bands * c
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edges_ms": list(self.edges_ms), "bin_groups": [list(g) for g in self.bin_groups]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KeyFeatureSpec:
+        return cls(tuple(float(x) for x in d["edges_ms"]), tuple((int(a), int(b)) for a, b in d["bin_groups"]))
+
+
+def key_vectors(frames: np.ndarray, centres: np.ndarray, spec: KeyFeatureSpec, frame_rate_hz: float) -> np.ndarray:
+    """frames (T, n_bands, C, n_freq), centres (n,) frame indices -> (n, D) float64 key vectors.
+
+    Window ``i`` is frames ``[c + e_i, c + e_{i+1})`` clipped to ``[0, T)`` (at least frame 0); a window with no
+    frame left contributes zeros.
+    """
+    assert frames.ndim == 4, f"frames (T, n_bands, C, n_freq) expected, got {frames.shape}"
+    T = len(frames)
+    groups = spec.groups(frames.shape[-1])
+    g = np.stack([frames[..., a:b].mean(axis=-1) for a, b in groups], axis=1).astype(np.float64)  # (T, G, nb, C)
+    cum = np.concatenate([np.zeros((1, *g.shape[1:])), np.cumsum(g, axis=0)])  # (T + 1, G, nb, C)
+    centres = np.asarray(centres, dtype=np.int64)
+    edges = spec.edges(frame_rate_hz)
+    parts = []
+    for lo_e, hi_e in itertools.pairwise(edges):
+        lo = np.clip(centres + lo_e, 0, T)
+        hi = np.clip(np.maximum(centres + hi_e, 1), 0, T)
+        n = np.maximum(hi - lo, 0)
+        s = cum[np.maximum(hi, lo)] - cum[lo]  # (n, G, nb, C)
+        parts.append(s / np.maximum(n, 1)[:, None, None, None])
+    return np.concatenate([p.reshape(len(centres), -1) for p in parts], axis=1)  # (n, W * G * nb * C)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Alignment and greedy runs
+
+
+def ctc_peaks(log_probs: np.ndarray, targets: np.ndarray, blank: int = charset.BLANK) -> np.ndarray:
+    """Frame of each target's emission peak on the best (Viterbi) CTC path; -1 where there is no path.
+
+    log_probs (T, C), targets (L,) -> (L,) int64.
+    """
+    lp = np.asarray(log_probs, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.int64)
+    T, L = len(lp), len(y)
+    if L == 0:
+        return np.zeros(0, np.int64)
+    S = 2 * L + 1
+    z = np.full(S, blank, np.int64)
+    z[1::2] = y
+    e = lp[:, z]  # (T, S)
+    skip = np.zeros(S, bool)
+    skip[3::2] = y[1:] != y[:-1]
+    neg = -1e30
+    a = np.full(S, neg)
+    a[0] = e[0, 0]
+    a[1] = e[0, 1]
+    back = np.zeros((T, S), np.int8)
+    pad1, pad2 = np.full(1, neg), np.full(2, neg)
+    for t in range(1, T):
+        stay = a
+        step = np.concatenate([pad1, a[:-1]])
+        jump = np.where(skip, np.concatenate([pad2, a[:-2]]), neg)
+        stack = np.stack([stay, step, jump])  # (3, S)
+        k = np.argmax(stack, axis=0)
+        a = stack[k, np.arange(S)] + e[t]
+        back[t] = k
+    last = S - 1 if L == 0 or a[S - 1] >= a[S - 2] else S - 2
+    if a[last] <= neg / 2:
+        return np.full(L, -1, np.int64)
+    path = np.empty(T, np.int64)
+    s = last
+    for t in range(T - 1, -1, -1):
+        path[t] = s
+        s -= int(back[t, s])
+    peaks = np.full(L, -1, np.int64)
+    for i in range(L):
+        fr = np.flatnonzero(path == 2 * i + 1)
+        if len(fr):
+            peaks[i] = fr[np.argmax(lp[fr, y[i]])]
+    return peaks
+
+
+def greedy_runs(log_probs: np.ndarray, blank: int = charset.BLANK) -> tuple[np.ndarray, np.ndarray]:
+    """(peak frames (n,), labels (n,)) of the greedy path's runs of one non-blank label."""
+    best = np.asarray(log_probs).argmax(axis=1)
+    if len(best) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], best[1:] != best[:-1])))
+    stops = np.concatenate((starts[1:], [len(best)]))
+    peaks, labels = [], []
+    for a, b in zip(starts, stops):
+        k = int(best[a])
+        if k != blank:
+            peaks.append(a + int(np.argmax(log_probs[a:b, k])))
+            labels.append(k)
+    return np.asarray(peaks, np.int64), np.asarray(labels, np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prior (in the bundle) and user profile (in the calibration profile)
+
+
+def _save_npz(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    buf = io.BytesIO()
+    np.savez(buf, header=np.asarray(json.dumps(header, sort_keys=True)), **arrays)  # type: ignore[arg-type]
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _load_npz(path: Path, fmt: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            arrays = {k: np.asarray(z[k]) for k in z.files if k != "header"}
+    except FileNotFoundError as exc:
+        raise KeyProtoError(f"{path} does not exist") from exc
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise KeyProtoError(f"{path} is not a readable {fmt} file: {exc!r}") from exc
+    if header.get("format") != fmt or int(header.get("format_version", 0)) > FORMAT_VERSION:
+        raise KeyProtoError(f"{path}: not a {fmt} file of a version this emgkey reads ({header.get('format')!r})")
+    return header, arrays
+
+
+@dataclass
+class KeyPrior:
+    """The population's key classes: means (K, D) and a shared shrunk covariance (D, D) of centred key vectors."""
+
+    classes: np.ndarray  # (K,) charset labels
+    means: np.ndarray  # (K, D)
+    cov: np.ndarray  # (D, D)
+    counts: np.ndarray  # (K,) training presses per class
+    spec: KeyFeatureSpec
+    frame_rate_hz: float
+    frame_shape: tuple[int, int, int]  # (n_bands, C, n_freq) of the frames the vectors come from
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k, d = self.means.shape
+        assert self.classes.shape == (k,) and self.counts.shape == (k,), "one class label and count per mean"
+        assert self.cov.shape == (d, d), f"covariance {self.cov.shape} does not match {d}-dim means"
+        assert d == self.spec.dim(self.frame_shape), f"{d}-dim means, the spec makes {self.spec.dim(self.frame_shape)}"
+
+    @classmethod
+    def fit(
+        cls,
+        vectors: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        spec: KeyFeatureSpec,
+        frame_rate_hz: float,
+        frame_shape: tuple[int, int, int],
+        *,
+        shrinkage: float = 0.3,
+        min_count: int = 20,
+        info: dict[str, Any] | None = None,
+    ) -> KeyPrior:
+        """One (n_i, D) array of key vectors and (n_i,) labels per session; each session centred on its own mean."""
+        assert len(vectors) == len(labels) and vectors, "one label array per vector array, at least one session"
+        x = np.concatenate([v - v.mean(axis=0) for v in vectors if len(v)])  # (N, D)
+        y = np.concatenate([np.asarray(lab) for v, lab in zip(vectors, labels) if len(v)])
+        classes, counts = np.unique(y, return_counts=True)
+        keep = counts >= min_count
+        classes, counts = classes[keep], counts[keep]
+        if len(classes) < 2:
+            raise KeyProtoError(f"only {len(classes)} characters have {min_count}+ aligned presses: too little data")
+        index = {int(c): i for i, c in enumerate(classes)}
+        sel = np.isin(y, classes)
+        yi = np.array([index[int(c)] for c in y[sel]])
+        means, cov = lda_stats(x[sel], yi, len(classes), shrinkage)
+        meta = {"shrinkage": shrinkage, "min_count": min_count, "presses": int(sel.sum()), **(info or {})}
+        return cls(
+            classes.astype(np.int64), means, cov, counts.astype(np.int64), spec, frame_rate_hz, frame_shape, meta
+        )
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "format": PRIOR_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "spec": self.spec.to_dict(),
+            "frame_rate_hz": self.frame_rate_hz,
+            "frame_shape": list(self.frame_shape),
+            "info": self.info,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {"classes": self.classes, "means": self.means, "cov": self.cov, "counts": self.counts}
+        return _save_npz(Path(path), self.header(), arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeyPrior:
+        h, a = _load_npz(Path(path), PRIOR_FORMAT)
+        try:
+            return cls(
+                a["classes"].astype(np.int64),
+                a["means"].astype(np.float64),
+                a["cov"].astype(np.float64),
+                a["counts"].astype(np.int64),
+                KeyFeatureSpec.from_dict(h["spec"]),
+                float(h["frame_rate_hz"]),
+                tuple(int(x) for x in h["frame_shape"]),  # type: ignore[arg-type]
+                dict(h.get("info", {})),
+            )
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise KeyProtoError(f"{path} is malformed: {exc!r}") from exc
+
+
+def bundle_key_prior(bundle: Bundle) -> KeyPrior | None:
+    """The bundle's key prior (``manifest.model.key_prior``), hash-checked; None when the bundle has none."""
+    entry = bundle.manifest.model.get("key_prior")
+    if not entry:
+        return None
+    path = bundle.root / str(entry["path"])
+    if not path.is_file():
+        raise KeyProtoError(f"{path} is named in the manifest but missing: re-copy the bundle")
+    if sha256_file(path) != entry.get("sha256"):
+        raise KeyProtoError(f"{path}: sha256 does not match the manifest's; the file was modified or corrupted")
+    prior = KeyPrior.load(path)
+    prof = bundle.manifest.profile
+    frame_shape = (prof.n_bands, prof.channels_per_band, bundle.manifest.features.n_freq)
+    if tuple(prior.frame_shape) != frame_shape:
+        raise KeyProtoError(f"{path} is for frames {prior.frame_shape}, the bundle's model reads {frame_shape}")
+    return prior
+
+
+@dataclass
+class KeyProfile:
+    """One user's key classes, ready to score: LDA weights (D, K), biases (K,), the user's centre (D,)."""
+
+    classes: np.ndarray  # (K,)
+    weights: np.ndarray  # (D, K)
+    bias: np.ndarray  # (K,)
+    centre: np.ndarray  # (D,)
+    spec: KeyFeatureSpec
+    frame_rate_hz: float
+    frame_shape: tuple[int, int, int]
+    lam: float = 1.0  # weight of the key model's log-posterior against the CTC model's
+    centre_weight: float = 20.0  # pseudo-presses behind the calibration centre when the stream updates it
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        d, k = self.weights.shape
+        assert self.classes.shape == (k,) and self.bias.shape == (k,), "one class label and bias per column"
+        assert self.centre.shape == (d,), f"centre {self.centre.shape} does not match {d}-dim weights"
+
+    def log_posterior(self, x: np.ndarray) -> np.ndarray:
+        """x (n, D) centred key vectors -> (n, K) log-posteriors over ``classes``."""
+        s = x @ self.weights + self.bias
+        return s - np.logaddexp.reduce(s, axis=1, keepdims=True)
+
+    def check_frames(self, frame_shape: tuple[int, ...], frame_rate_hz: float) -> None:
+        if tuple(frame_shape) != tuple(self.frame_shape) or abs(frame_rate_hz - self.frame_rate_hz) > 1e-6:
+            raise KeyProtoError(
+                f"key profile is for frames {self.frame_shape} at {self.frame_rate_hz} fps, "
+                f"the model reads {tuple(frame_shape)} at {frame_rate_hz} fps"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        header = {
+            "format": PROFILE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "spec": self.spec.to_dict(),
+            "frame_rate_hz": self.frame_rate_hz,
+            "frame_shape": list(self.frame_shape),
+            "lam": self.lam,
+            "centre_weight": self.centre_weight,
+            "info": self.info,
+        }
+        arrays = {"classes": self.classes, "weights": self.weights, "bias": self.bias, "centre": self.centre}
+        return _save_npz(Path(path), header, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeyProfile:
+        h, a = _load_npz(Path(path), PROFILE_FORMAT)
+        try:
+            return cls(
+                a["classes"].astype(np.int64),
+                a["weights"].astype(np.float64),
+                a["bias"].astype(np.float64),
+                a["centre"].astype(np.float64),
+                KeyFeatureSpec.from_dict(h["spec"]),
+                float(h["frame_rate_hz"]),
+                tuple(int(x) for x in h["frame_shape"]),  # type: ignore[arg-type]
+                float(h["lam"]),
+                float(h["centre_weight"]),
+                dict(h.get("info", {})),
+            )
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise KeyProtoError(f"{path} is malformed: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class KeyFitConfig:
+    tau: float = 2.0  # pseudo-presses of the prior mean behind each user class mean
+    lam: float = 1.0
+    centre_weight: float = 20.0
+    min_presses: int = 20  # aligned presses a calibration needs before a key profile is worth fitting
+
+
+def fit_profile(prior: KeyPrior, vectors: np.ndarray, labels: np.ndarray, cfg: KeyFitConfig) -> KeyProfile:
+    """A user's profile from their aligned calibration presses: vectors (n, D), labels (n,)."""
+    assert vectors.ndim == 2 and vectors.shape[1] == prior.means.shape[1], (
+        f"({len(vectors)}, {prior.means.shape[1]}) key vectors expected, got {vectors.shape}"
+    )
+    if len(vectors) < cfg.min_presses:
+        raise KeyProtoError(f"{len(vectors)} aligned presses, a key profile needs {cfg.min_presses}")
+    centre = vectors.mean(axis=0)
+    x = vectors - centre
+    means = prior.means.copy()
+    used = {}
+    for i, c in enumerate(prior.classes):
+        sel = labels == c
+        n = int(sel.sum())
+        if n:
+            means[i] = (n * x[sel].mean(axis=0) + cfg.tau * means[i]) / (n + cfg.tau)
+            used[charset.labels_to_str([int(c)])] = n
+    w, b = lda_weights(means, prior.cov)
+    info = {"presses": len(vectors), "classes_seen": len(used), "classes": len(prior.classes), "tau": cfg.tau}
+    return KeyProfile(
+        prior.classes.copy(),
+        w,
+        b,
+        centre,
+        prior.spec,
+        prior.frame_rate_hz,
+        prior.frame_shape,
+        cfg.lam,
+        cfg.centre_weight,
+        info,
+    )
+
+
+def prior_as_profile(prior: KeyPrior, centre: np.ndarray, cfg: KeyFitConfig) -> KeyProfile:
+    """The population's classes without user means (for comparison: usually no better than the model alone)."""
+    w, b = lda_weights(prior.means, prior.cov)
+    return KeyProfile(
+        prior.classes.copy(),
+        w,
+        b,
+        np.asarray(centre, np.float64),
+        prior.spec,
+        prior.frame_rate_hz,
+        prior.frame_shape,
+        cfg.lam,
+        cfg.centre_weight,
+        {"generic": True},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The decoder
+
+
+@dataclass
+class _Run:
+    label: int
+    start: int  # emission index of the run's first frame
+    peak: int
+    peak_score: float
+    timestamp: float
+    row: np.ndarray | None = None  # log-probs at the peak
+
+
+class KeyRescoringDecoder:
+    """Greedy CTC whose emitted labels are re-chosen with a ``KeyProfile`` (see the module docstring).
+
+    The recognizer calls ``observe_frames(frames)`` with the model's input frames of a chunk, then
+    ``decode(log_probs, timestamps)`` with that chunk's emissions; emission ``e`` describes frame
+    ``e - delay`` (the model's output delay). Frames are kept only as long as a pending run needs them.
+    """
+
+    def __init__(
+        self,
+        profile: KeyProfile,
+        *,
+        delay: int = 0,
+        blank: int = charset.BLANK,
+        num_classes: int = charset.NUM_CLASSES,
+    ) -> None:
+        self.profile = profile
+        self.delay = delay
+        self.blank = blank
+        self.num_classes = num_classes
+        self.lookahead = profile.spec.lookahead(profile.frame_rate_hz)
+        self.lookback = max(0, -profile.spec.edges(profile.frame_rate_hz)[0])
+        self._index = {int(c): i for i, c in enumerate(profile.classes)}
+        self._frames: list[np.ndarray] = []  # chunks of frames, oldest first
+        self._frames_first = 0  # absolute index of self._frames[0][0]
+        self._frames_seen = 0
+        self._emitted = 0  # absolute emission index of the next emission
+        self._centre_sum = profile.centre * profile.centre_weight
+        self._centre_n = profile.centre_weight
+        self.rescored = 0
+        self.changed = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A new text segment: labels restart; frames, emission clock and the running centre carry on."""
+        self._final: list[int] = []
+        self._final_ts: list[float] = []
+        self._pending: list[_Run] = []
+        self._run: _Run | None = None
+        self.labels: list[int] = []
+        self.timestamps: list[float] = []
+
+    def observe_frames(self, frames: np.ndarray) -> None:
+        """frames (n, n_bands, C, n_freq): the model's input frames, in order, as they go into the model."""
+        if len(frames):
+            self._frames.append(np.asarray(frames, dtype=np.float32))
+            self._frames_seen += len(frames)
+
+    def decode(self, emissions: np.ndarray, timestamps: np.ndarray | None = None, finish: bool = False) -> list[int]:
+        assert emissions.ndim == 2 and emissions.shape[1] == self.num_classes, (
+            f"expected (T, {self.num_classes}) emissions, got {emissions.shape}"
+        )
+        if timestamps is None:
+            timestamps = np.arange(self._emitted, self._emitted + len(emissions), dtype=np.float64)
+        best = emissions.argmax(axis=1)
+        for j, k in enumerate(best):
+            e = self._emitted + j
+            k = int(k)
+            run = self._run
+            if run is not None and k == run.label:
+                score = float(emissions[j, k])
+                if score > run.peak_score:
+                    run.peak, run.peak_score, run.row = e, score, emissions[j].astype(np.float64)
+                continue
+            if run is not None:
+                self._pending.append(run)
+                self._run = None
+            if k != self.blank:
+                self._run = _Run(k, e, e, float(emissions[j, k]), float(timestamps[j]), emissions[j].astype(np.float64))
+        self._emitted += len(emissions)
+        if finish and self._run is not None:
+            self._pending.append(self._run)
+            self._run = None
+        self._resolve(finish)
+        self.labels = self._final + [r.label for r in self._pending] + ([self._run.label] if self._run else [])
+        self.timestamps = (
+            self._final_ts + [r.timestamp for r in self._pending] + ([self._run.timestamp] if self._run else [])
+        )
+        return self.labels
+
+    def _frame_window(self) -> tuple[np.ndarray, int]:
+        if len(self._frames) > 1:
+            self._frames = [np.concatenate(self._frames)]
+        if not self._frames:
+            return np.zeros((0, *self.profile.frame_shape), np.float32), self._frames_first
+        return self._frames[0], self._frames_first
+
+    def _resolve(self, finish: bool) -> None:
+        ready = [r for r in self._pending if finish or r.peak - self.delay + self.lookahead <= self._frames_seen]
+        if ready:
+            frames, first = self._frame_window()
+            for r in ready:
+                self._final.append(self._rescore(r, frames, first))
+                self._final_ts.append(r.timestamp)
+            self._pending = self._pending[len(ready) :]
+        # keep only the frames a future run can still read
+        oldest = min([r.start for r in self._pending] + ([self._run.start] if self._run else []) + [self._emitted])
+        keep_from = max(0, oldest - self.delay - self.lookback)
+        if keep_from > self._frames_first and self._frames:
+            frames, first = self._frame_window()
+            cut = min(keep_from - first, len(frames))
+            self._frames = [frames[cut:]]
+            self._frames_first = first + cut
+
+    def _rescore(self, run: _Run, frames: np.ndarray, first: int) -> int:
+        i = self._index.get(run.label)
+        if i is None or run.row is None or len(frames) == 0:
+            return run.label
+        p = self.profile
+        centre_frame = run.peak - self.delay - first
+        x = key_vectors(frames, np.array([centre_frame]), p.spec, p.frame_rate_hz)[0]  # (D,)
+        self._centre_sum = self._centre_sum + x
+        self._centre_n += 1.0
+        lp_key = p.log_posterior((x - self._centre_sum / self._centre_n)[None])[0]  # (K,)
+        score = run.row[p.classes] + p.lam * lp_key
+        label = int(p.classes[int(np.argmax(score))])
+        self.rescored += 1
+        self.changed += int(label != run.label)
+        return label
+
+    @property
+    def text(self) -> str:
+        return charset.labels_to_str(self.labels)
+
+
+def key_decoder_factory(profile: KeyProfile, manifest: Any) -> Callable[[], KeyRescoringDecoder]:
+    """Fresh rescoring decoders for a bundle's streaming model (its output delay, classes, blank)."""
+    prof = manifest.profile
+    frame_shape = (prof.n_bands, prof.channels_per_band, manifest.features.n_freq)
+    profile.check_frames(frame_shape, manifest.features.frame_rate_hz)
+    delay = int(manifest.streaming.output_delay_frames)
+    blank = int(manifest.charset.get("blank", charset.BLANK))
+    num_classes = int(manifest.streaming.log_probs.shape[-1])
+    return lambda: KeyRescoringDecoder(profile, delay=delay, blank=blank, num_classes=num_classes)
+
+
+def rescore_offline(log_probs: np.ndarray, frames: np.ndarray, profile: KeyProfile, delay: int = 0) -> list[int]:
+    """The decoder over a whole segment: log_probs (T, classes), frames (T', n_bands, C, n_freq), T' >= T - delay."""
+    dec = KeyRescoringDecoder(profile, delay=delay, num_classes=log_probs.shape[1])
+    dec.observe_frames(frames)
+    return list(dec.decode(log_probs, finish=True))
+
+
+def describe(profile: KeyProfile) -> dict[str, Any]:
+    return {"classes": len(profile.classes), "lam": profile.lam, "spec": profile.spec.to_dict(), **profile.info}

@@ -1,0 +1,232 @@
+"""Key-prototype rescoring (``edge_runtime.keyproto``): vectors, alignment, prior/profile files, the decoder.
+
+Hand-made cases where the answer is known, properties (streaming == offline, ``lam = 0`` is plain greedy),
+and the files' refusals (corrupt, hash mismatch, wrong frames).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emgkey import charset
+from emgkey.decoding import greedy_decode
+from emgkey.edge_runtime.keyproto import (
+    KeyFeatureSpec,
+    KeyFitConfig,
+    KeyPrior,
+    KeyProfile,
+    KeyProtoError,
+    KeyRescoringDecoder,
+    ctc_peaks,
+    fit_profile,
+    greedy_runs,
+    key_vectors,
+    rescore_offline,
+)
+
+BLANK = charset.BLANK
+C = charset.NUM_CLASSES
+SHAPE = (1, 2, 6)  # (n_bands, C, n_freq): small frames
+FPS = 50.0
+A, B = charset.str_to_labels("ab")
+
+
+def _peaky(T: int, spikes: dict[int, int], rng: np.random.Generator | None = None) -> np.ndarray:
+    """log-probs (T, C): blank everywhere except label ``k`` at frame ``t`` for ``spikes = {t: k}``."""
+    x = np.full((T, C), -8.0)
+    x[:, BLANK] = 0.0
+    for t, k in spikes.items():
+        x[t, BLANK] = -8.0
+        x[t, k] = 0.0
+    if rng is not None:
+        x = x + 0.1 * rng.standard_normal(x.shape)
+    return x - np.logaddexp.reduce(x, axis=1, keepdims=True)
+
+
+def test_spec_edges_scale_with_the_frame_rate() -> None:
+    spec = KeyFeatureSpec()
+    assert spec.edges(50.0) == (-10, -7, -4, -1, 2)
+    assert spec.edges(125.0) == (-25, -17, -10, -2, 5)
+    assert spec.lookahead(50.0) == 2
+    assert spec.dim((2, 8, 9)) == 4 * 3 * 2 * 8
+    with pytest.raises(KeyProtoError, match="does not fit"):
+        spec.groups(4)  # bins 5.. do not exist
+
+
+def test_key_vectors_by_hand() -> None:
+    spec = KeyFeatureSpec(edges_ms=(-40.0, 0.0, 40.0), bin_groups=((0, 3), (3, 0)))  # frames -2..-1, 0..1 at 50 fps
+    T = 10
+    frames = np.zeros((T, *SHAPE), np.float32)
+    frames[:, 0, 0, :3] = np.arange(T)[:, None]  # electrode 0, low bins: the frame index
+    frames[:, 0, 1, 3:] = 7.0  # electrode 1, high bins: constant
+    v = key_vectors(frames, np.array([5, 0, 9]), spec, FPS)
+    assert v.shape == (3, 2 * 2 * 2)  # windows x groups x (1 x 2 electrodes)
+    # layout: window, group, band, electrode
+    np.testing.assert_allclose(v[0], [3.5, 0, 0, 7, 5.5, 0, 0, 7])
+    # at frame 0 the window before is clipped to frame 0 itself; at frame 9 the one after holds frame 9 only
+    np.testing.assert_allclose(v[1], [0, 0, 0, 7, 0.5, 0, 0, 7])
+    # a window entirely past the end contributes zeros
+    late = KeyFeatureSpec(edges_ms=(40.0, 80.0), bin_groups=((0, 3),))
+    np.testing.assert_allclose(key_vectors(frames, np.array([9]), late, FPS), [[0, 0]])
+    np.testing.assert_allclose(v[2], [7.5, 0, 0, 7, 9, 0, 0, 7])
+
+
+def test_ctc_peaks_find_hand_placed_spikes() -> None:
+    lp = _peaky(30, {4: A, 9: B, 15: B, 22: A}, np.random.default_rng(0))
+    np.testing.assert_array_equal(ctc_peaks(lp, np.array([A, B, B, A])), [4, 9, 15, 22])
+    # no path: a repeated label needs a blank between, 3 frames cannot hold "aa" + ... of 4 labels
+    assert (ctc_peaks(lp[:3], np.array([A, A, B, B])) == -1).all()
+    assert len(ctc_peaks(lp, np.zeros(0, np.int64))) == 0
+
+
+def test_greedy_runs_take_each_runs_peak() -> None:
+    lp = _peaky(12, {2: A, 3: A, 7: B})
+    lp[3, A] = -0.5  # frame 3 less sure than frame 2 (-0.03)
+    peaks, labels = greedy_runs(lp)
+    np.testing.assert_array_equal(labels, [A, B])
+    np.testing.assert_array_equal(peaks, [2, 7])
+
+
+def _profile(lam: float = 1.0, seed: int = 0, classes: tuple[int, ...] = (A, B)) -> KeyProfile:
+    rng = np.random.default_rng(seed)
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    w = rng.standard_normal((d, len(classes)))
+    return KeyProfile(np.array(classes), w, rng.standard_normal(len(classes)), np.zeros(d), spec, FPS, SHAPE, lam)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), chunks=st.lists(st.integers(1, 9), min_size=1, max_size=6))
+def test_streaming_equals_offline_and_lam_zero_is_greedy(seed: int, chunks: list[int]) -> None:
+    rng = np.random.default_rng(seed)
+    T = 60
+    spikes = {int(t): int(rng.choice([A, B, 5, 9])) for t in rng.choice(np.arange(2, T - 2), 8, replace=False)}
+    lp = _peaky(T, spikes, rng)
+    frames = rng.standard_normal((T, *SHAPE)).astype(np.float32)
+    prof = _profile(seed=seed)
+    offline = rescore_offline(lp, frames, prof)
+    dec = KeyRescoringDecoder(prof)
+    t, i = 0, 0
+    while t < T:
+        n = chunks[i % len(chunks)]
+        dec.observe_frames(frames[t : t + n])
+        dec.decode(lp[t : t + n])
+        t, i = t + n, i + 1
+    assert dec.decode(np.zeros((0, C)), finish=True) == offline
+    assert len(offline) == len(greedy_decode(lp))
+    assert rescore_offline(lp, frames, _profile(lam=0.0, seed=seed)) == greedy_decode(lp)
+
+
+def test_strong_key_evidence_overrides_a_narrow_model_choice() -> None:
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    T = 30
+    lp = _peaky(T, {15: A})
+    lp[15, B] = lp[15, A] - 1.0  # the model prefers a by one nat
+    frames = np.zeros((T, *SHAPE), np.float32)
+    frames[10:17] = 1.0  # around the spike: what this user's "b" looks like
+    pattern = key_vectors(frames, np.array([15]), spec, FPS)[0]
+    means = np.stack([-pattern, pattern])  # class a: the opposite, class b: the pattern
+    prior = KeyPrior(np.array([A, B]), means, np.eye(d), np.array([30, 30]), spec, FPS, SHAPE)
+    x = np.stack([pattern, -pattern] * 15)
+    prof = fit_profile(prior, x, np.array([B, A] * 15), KeyFitConfig(tau=2.0, min_presses=20))
+    assert rescore_offline(lp, frames, prof) == [B]
+    prof.lam = 0.0
+    assert rescore_offline(lp, frames, prof) == [A]
+    # a label outside the profile's classes keeps the model's choice
+    lp2 = _peaky(T, {15: 5})
+    assert rescore_offline(lp2, frames, _profile(lam=10.0)) == [5]
+
+
+def test_fit_profile_is_map_towards_the_user() -> None:
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    prior = KeyPrior(np.array([A, B]), np.zeros((2, d)), np.eye(d), np.array([20, 20]), spec, FPS, SHAPE)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((24, d))
+    y = np.array([A] * 6 + [B] * 18)
+    prof = fit_profile(prior, x, y, KeyFitConfig(tau=2.0, min_presses=20))
+    xc = x - x.mean(axis=0)
+    means = np.stack([6 * xc[:6].mean(0) / 8, 18 * xc[6:].mean(0) / 20])
+    np.testing.assert_allclose(prof.weights, means.T)  # identity covariance: weights are the means
+    np.testing.assert_allclose(prof.centre, x.mean(axis=0))
+    with pytest.raises(KeyProtoError, match="needs 20"):
+        fit_profile(prior, x[:10], y[:10], KeyFitConfig(min_presses=20))
+
+
+def test_prior_fit_keeps_frequent_classes_and_needs_two() -> None:
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    rng = np.random.default_rng(2)
+    x = [rng.standard_normal((50, d)), rng.standard_normal((40, d))]
+    y = [np.array([A] * 25 + [B] * 20 + [5] * 5), np.array([A] * 20 + [B] * 20)]
+    prior = KeyPrior.fit(x, y, spec, FPS, SHAPE, min_count=20)
+    np.testing.assert_array_equal(prior.classes, [A, B])  # class 5 has 5 presses
+    np.testing.assert_array_equal(prior.counts, [45, 40])
+    with pytest.raises(KeyProtoError, match="too little data"):
+        KeyPrior.fit(x, y, spec, FPS, SHAPE, min_count=100)
+
+
+def test_files_round_trip_and_refuse_damage(tmp_path: Path) -> None:
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    prior = KeyPrior(np.array([A, B]), np.ones((2, d)), 2 * np.eye(d), np.array([20, 21]), spec, FPS, SHAPE, {"x": 1})
+    p = prior.save(tmp_path / "prior.npz")
+    back = KeyPrior.load(p)
+    np.testing.assert_array_equal(back.cov, prior.cov)
+    assert back.spec == spec and back.frame_shape == SHAPE and back.info == {"x": 1}
+    prof = _profile(lam=0.7)
+    q = KeyProfile.load(prof.save(tmp_path / "keys.npz"))
+    np.testing.assert_array_equal(q.weights, prof.weights)
+    assert q.lam == 0.7
+    with pytest.raises(KeyProtoError, match="not a emgkey-keyprior"):
+        KeyPrior.load(tmp_path / "keys.npz")  # a profile is not a prior
+    (tmp_path / "bad.npz").write_bytes(p.read_bytes()[:100])
+    with pytest.raises(KeyProtoError, match="not a readable"):
+        KeyPrior.load(tmp_path / "bad.npz")
+    with pytest.raises(KeyProtoError, match="does not exist"):
+        KeyProfile.load(tmp_path / "none.npz")
+    with pytest.raises(KeyProtoError, match="reads"):
+        prof.check_frames((2, 8, 9), FPS)
+
+
+def test_export_keyprior_adds_a_hash_checked_prior_and_keeps_the_model_fingerprint(tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="toy bundles are built with onnx.helper")
+    pytest.importorskip("onnxruntime")
+    from test_train_common import make_dataset
+
+    from emgkey.benchmarks.toy_bundle import build_toy_bundle
+    from emgkey.bundle import load_bundle, read_manifest
+    from emgkey.cli import main
+    from emgkey.edge_runtime.keyproto import bundle_key_prior
+    from emgkey.edge_runtime.profile_store import model_fingerprint
+    from emgkey.profiles import ARMBAND8
+
+    root, split = make_dataset(tmp_path / "data", ARMBAND8, seconds=20.0, users=3, sessions=2)
+    bundle = build_toy_bundle(tmp_path / "bundle", "armband8", int8=False)
+    before = model_fingerprint(read_manifest(bundle))
+    assert bundle_key_prior(load_bundle(bundle)) is None
+    argv = ["export", "keyprior", str(bundle), "--data", str(root), "--split", str(split), "--sessions", "4"]
+    assert main([*argv, "--min-count", "1000"]) == 2  # too little data: a clear error, the bundle as it was
+    assert "key_prior" not in read_manifest(bundle).model and not (bundle / "keyprior.npz").exists()
+    assert main([*argv, "--min-count", "1"]) == 0
+    m = read_manifest(bundle)
+    assert m.model["key_prior"]["sha256"] and model_fingerprint(m) == before
+
+    from emgkey.export.key_prior import fit_key_prior
+
+    prior = fit_key_prior(load_bundle(bundle), root, split, sessions=4, min_count=1)  # deterministic
+    got = bundle_key_prior(load_bundle(bundle))
+    assert got is not None
+    np.testing.assert_array_equal(got.means, prior.means)
+    assert len(got.info["sessions"]) == 2  # the split's training sessions (one per training user)
+    data = bytearray((bundle / "keyprior.npz").read_bytes())
+    data[-30] ^= 0xFF
+    (bundle / "keyprior.npz").write_bytes(bytes(data))
+    with pytest.raises(KeyProtoError, match="sha256"):
+        bundle_key_prior(load_bundle(bundle))
