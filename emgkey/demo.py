@@ -176,6 +176,15 @@ def _print_models(ctx: DemoContext) -> None:
             f"  calibrate {c.get('strategy')}: held-out prompts CER {_pct(before.get('cer'))} -> "
             f"{_pct(after.get('cer'))}, activated {c.get('activated')} ({c.get('reason')})"
         )
+        k = c.get("keys") or {}
+        if "heldout" in k:
+            h = k["heldout"]
+            print(
+                f"  keys     key rescoring on the held-out prompts: CER {_pct(h['cer_without'])} -> "
+                f"{_pct(h['cer_with'])}, {'enabled' if k['enabled'] else 'not enabled'}"
+            )
+        elif k:
+            print(f"  keys     skipped: {k.get('skipped')}")
     if "bench" in r:
         print(f"  report   {r['bench']['report']} ({len(r['bench']['plots'])} plots)")
 

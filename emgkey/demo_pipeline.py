@@ -124,11 +124,20 @@ def stage_export(ctx: DemoContext) -> None:
     for f in manifest["files"]:
         ok = [r["runtime"] for r in f.get("runtimes", []) if r.get("supported")]
         files.append({"path": f["path"], "bytes": f["bytes"], "precision": f["precision"], "verified_on": ok})
+    # The population's key classes, for calibration step 3 (key rescoring). The demo's data is small: a
+    # character needs 10 aligned presses (20 by default); too little data skips the step, it does not stop the demo.
+    try:
+        out = run_cmd(ctx, "keyprior", ["export", "keyprior", str(bundle), "--data", str(data), "--split", str(split),
+                                        "--min-count", "10"])  # fmt: skip
+        key_prior: dict[str, Any] = json.loads(out)
+    except (StageError, json.JSONDecodeError) as exc:
+        key_prior = {"skipped": str(exc)}
     ctx.results["export"] = {
         "bundle": str(bundle),
         "checkpoint": str(ckpt),
         "files": files,
         "accuracy": manifest.get("accuracy"),
+        "key_prior": key_prior,
     }
 
 
@@ -227,6 +236,7 @@ def stage_calibrate(ctx: DemoContext) -> None:
         "compute_s": chosen.get("seconds"),
         "peak_rss_mb": m.get("peak_rss_mb"),
         "profile": profile.get("id"),
+        "keys": m.get("keys"),  # step 3: held-out CER with/without key rescoring, and whether it is enabled
     }
     atomic_write_text(ctx.path("calibration_profile.json"), json.dumps(profile, indent=2) + "\n")
     before, after = (m.get("current") or {}).get("cer"), (chosen.get("heldout") or {}).get("cer")

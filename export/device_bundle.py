@@ -4,7 +4,7 @@
 
 The archive (``emgkey-<target>-<model>/`` inside) holds:
 
-- ``bundle/``: the verified model bundle (manifest, model files, reference windows), re-checked after copying;
+- ``bundle/``: the verified model bundle (manifest, model files, reference windows, key prior), checked after copying;
 - ``wheels/emgkey-*.whl``: the edge runtime, built from this source tree (``pip wheel --no-deps``), and with
   ``--wheelhouse`` every dependency's aarch64 wheel for the device's Python (offline install);
 - ``requirements-device.txt``: the base + ``[device]`` dependencies pinned, with their own dependencies. When
@@ -330,19 +330,24 @@ def pick_service_file(bundle_dir: Path, format: str | None, precision: str | Non
 
 
 def copy_bundle(src: Path, dst: Path) -> list[str]:
-    """Copy the manifest, every file it lists and its reference; check the copy's hashes."""
+    """Copy the manifest, every file it lists, its reference and its key prior; check the copy's hashes."""
     b = load_bundle(src)
     names = [MANIFEST_NAME, *(f.path for f in b.manifest.files)]
-    ref = b.manifest.accuracy.get("verification", {}).get("reference", {}).get("path")
-    if ref:
-        names.append(ref)
+    extras = []  # (path, manifest sha256) of the files the manifest names outside `files`
+    ref = b.manifest.accuracy.get("verification", {}).get("reference", {})
+    prior = b.manifest.model.get("key_prior") or {}
+    for entry in (ref, prior):
+        if entry.get("path"):
+            names.append(entry["path"])
+            extras.append((entry["path"], entry.get("sha256")))
     dst.mkdir(parents=True)
     for n in names:
         (dst / n).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / n, dst / n)
     copied = load_bundle(dst)  # every hash again, on the copy
-    if ref and sha256_file(dst / ref) != b.manifest.accuracy["verification"]["reference"]["sha256"]:
-        raise ConfigError(f"{src / ref}: does not match the manifest's sha256")
+    for n, digest in extras:
+        if sha256_file(dst / n) != digest:
+            raise ConfigError(f"{src / n}: does not match the manifest's sha256")
     del copied
     return names
 

@@ -46,6 +46,32 @@ def build(bundle: Path, tmp: Path, **kw: Any) -> tuple[Path, dict[str, Any]]:
     return out, D.build_device_bundle(bundle, out, opt)
 
 
+
+def test_a_key_prior_travels_with_the_bundle_and_is_hash_checked(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from emgkey.bundle import read_manifest
+    from emgkey.edge_runtime.keyproto import KeyFeatureSpec, KeyPrior
+    from emgkey.export.key_prior import add_key_prior
+
+    b = tmp_path / "oracle"
+    shutil.copytree(bundle, b)
+    m = read_manifest(b)
+    shape = (m.profile.n_bands, m.profile.channels_per_band, m.features.n_freq)
+    spec = KeyFeatureSpec()
+    d = spec.dim(shape)
+    prior = KeyPrior(np.array([4, 5]), np.zeros((2, d)), np.eye(d), np.array([20, 20]), spec,
+                     m.features.frame_rate_hz, shape)  # fmt: skip
+    add_key_prior(b, prior)
+    root = D.unpack(build(b, tmp_path, target="rpi")[0], tmp_path / "x")
+    assert (root / "bundle" / "keyprior.npz").read_bytes() == (b / "keyprior.npz").read_bytes()
+    (b / "keyprior.npz").write_bytes(b"tampered")
+    (tmp_path / "again").mkdir()
+    with pytest.raises(ConfigError, match=r"keyprior\.npz: does not match"):
+        build(b, tmp_path / "again", target="rpi")
+
 def test_archive_holds_everything_checksummed(bundle: Path, tmp_path: Path) -> None:
     out, _ = build(bundle, tmp_path, target="rpi")
     root = D.unpack(out, tmp_path / "x")
