@@ -46,7 +46,6 @@ def build(bundle: Path, tmp: Path, **kw: Any) -> tuple[Path, dict[str, Any]]:
     return out, D.build_device_bundle(bundle, out, opt)
 
 
-
 def test_a_key_prior_travels_with_the_bundle_and_is_hash_checked(bundle: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -71,6 +70,7 @@ def test_a_key_prior_travels_with_the_bundle_and_is_hash_checked(bundle: Path, t
     (tmp_path / "again").mkdir()
     with pytest.raises(ConfigError, match=r"keyprior\.npz: does not match"):
         build(b, tmp_path / "again", target="rpi")
+
 
 def test_archive_holds_everything_checksummed(bundle: Path, tmp_path: Path) -> None:
     out, _ = build(bundle, tmp_path, target="rpi")
