@@ -86,6 +86,22 @@ def _heldout(scorer: Scorer, norm: Any, frames: np.ndarray, cal: CalibrationSet,
     return {"cer_without": round(without.cer, 3), "cer_with": round(with_.cer, 3), "keys": without.target_len}
 
 
+def heldout_cer_with_keys(
+    own: Bundle,
+    normalization: dict[str, Any] | None,
+    cal: CalibrationSet,
+    profile: KeyProfile,
+    *,
+    precision: str = "int8",
+    format: str = "onnx",
+    threads: int = 1,
+) -> float:
+    """Greedy CER with key rescoring on the held-out prompts, through the deployed streaming engine."""
+    norm = Deployed(own, normalization, "keys").input_map()
+    scorer = Scorer(own, cal.features, use="streaming", precision=precision, format=format, threads=threads)
+    return float(_heldout(scorer, norm, norm(cal.features), cal, profile)["cer_with"])
+
+
 def calibrate_keys(
     own: Bundle,
     normalization: dict[str, Any] | None,

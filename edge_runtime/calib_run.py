@@ -31,10 +31,17 @@ from typing import Any
 
 from emgkey.bundle import Bundle, load_bundle, sha256_file
 from emgkey.edge_runtime.calib_data import CalibrationRecording, CalibrationSet, DataLimits
-from emgkey.edge_runtime.calib_keys import calibrate_keys
+from emgkey.edge_runtime.calib_keys import calibrate_keys, heldout_cer_with_keys
 from emgkey.edge_runtime.calibrate import Acceptance, Deployed, StatsConfig, estimate_stats, heldout_score
 from emgkey.edge_runtime.keyproto import KeyFitConfig, KeyProtoError, bundle_key_prior
-from emgkey.edge_runtime.profile_store import Profile, ProfileError, ProfileStore, model_fingerprint, open_for_run
+from emgkey.edge_runtime.profile_store import (
+    Profile,
+    ProfileError,
+    ProfileStore,
+    load_key_profile,
+    model_fingerprint,
+    open_for_run,
+)
 from emgkey.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,21 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _with_current_keys(
+    current: Deployed, prof: Profile, cal: CalibrationSet, score: dict[str, Any], run_kw: dict[str, Any]
+) -> dict[str, Any]:
+    """The current profile's held-out CER with its key rescoring, if it has enabled keys (else ``score``)."""
+    try:
+        kp = load_key_profile(prof)
+    except ProfileError as exc:
+        log.warning("the active profile's keys cannot be used (%s): it is scored without them", exc)
+        return score
+    if kp is None:
+        return score
+    cer = heldout_cer_with_keys(current.bundle, current.normalization, cal, kp, **run_kw)
+    return {**score, "cer_greedy": score["cer"], "cer": cer}
+
+
 def _key_step(
     bundle: Bundle,
     best: dict[str, Any],
@@ -176,6 +198,8 @@ def calibrate_recording(
         f"profile {current_profile.id}" if current_profile is not None else "plain bundle",
     )
     cur_score: dict[str, Any] = {"label": current.label, **heldout_score(current, cal, **run_kw)}
+    if current_profile is not None and opt.keys:  # the current profile decodes with its keys: score it so
+        cur_score = _with_current_keys(current, current_profile, cal, cur_score, run_kw)
 
     want_ft = opt.strategy in ("finetune", "auto")
     if want_ft:
@@ -226,8 +250,13 @@ def calibrate_recording(
             if name != best_name:
                 c["bundle"] = None
         best = candidates[best_name]
-        accepted, reason = opt.acceptance.judge(best["heldout"], cur_score)
         keys = _key_step(bundle, best, tmp, cal, opt, run_kw) if opt.keys else None
+        with_keys = bool(keys and keys.get("enabled"))
+        new_score = dict(best["heldout"])
+        if with_keys:
+            assert keys is not None
+            new_score["cer"] = keys["heldout"]["cer_with"]  # what the profile would decode
+        accepted, reason = opt.acceptance.judge(new_score, cur_score, keys=with_keys)
         if opt.keep_recording:
             recording.save(tmp / "recording.npz")
         metrics = {

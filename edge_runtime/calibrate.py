@@ -365,20 +365,28 @@ def heldout_score(
 @dataclass(frozen=True)
 class Acceptance:
     """A calibration replaces the current model only if, on the held-out slice, its CTC NLL per key is lower by
-    at least ``min_nll_gain`` (relative) and its greedy CER is not higher by more than ``max_cer_rise`` points."""
+    at least ``min_nll_gain`` (relative) and its greedy CER is not higher by more than ``max_cer_rise`` points;
+    or, when key rescoring is part of it (which changes the text, not the NLL), if its CER with keys is lower
+    by at least ``min_cer_gain`` points and its NLL is not higher by more than ``min_nll_gain``.
+
+    ``new["cer"]`` / ``current["cer"]`` are what each would decode (with its key rescoring where it has one).
+    """
 
     min_nll_gain: float = 0.005
     max_cer_rise: float = 0.5
+    min_cer_gain: float = 1.0
 
-    def judge(self, new: dict[str, float], current: dict[str, float]) -> tuple[bool, str]:
+    def judge(self, new: dict[str, float], current: dict[str, float], keys: bool = False) -> tuple[bool, str]:
         gain = (current["nll"] - new["nll"]) / max(abs(current["nll"]), 1e-9)
         rise = new["cer"] - current["cer"]
         facts = (
             f"held-out NLL/key {current['nll']:.3f} -> {new['nll']:.3f} ({100 * gain:+.1f}%), "
-            f"CER {current['cer']:.1f} -> {new['cer']:.1f}"
+            f"CER {current['cer']:.1f} -> {new['cer']:.1f}{' with key rescoring' if keys else ''}"
         )
         if not np.isfinite(new["nll"]):
             return False, f"{facts}: the calibrated model cannot explain the held-out prompts"
+        if keys and -rise >= self.min_cer_gain and gain >= -self.min_nll_gain:
+            return True, facts
         if gain < self.min_nll_gain:
             return False, f"{facts}: not better than the current model"
         if rise > self.max_cer_rise:

@@ -349,6 +349,11 @@ def test_acceptance_rule() -> None:
     assert not rule.judge({"nll": 2.499, "cer": 50.0}, {"nll": 2.5, "cer": 50.0})[0]  # gain below 0.5%
     assert not rule.judge({"nll": 2.0, "cer": 52.0}, {"nll": 2.5, "cer": 50.0})[0]  # CER rose
     assert not rule.judge({"nll": float("inf"), "cer": 50.0}, {"nll": 2.5, "cer": 50.0})[0]
+    # key rescoring changes the text, not the NLL: a CER gain of a point or more decides, if the NLL holds
+    assert rule.judge({"nll": 2.5, "cer": 48.0}, {"nll": 2.5, "cer": 50.0}, keys=True)[0]
+    assert not rule.judge({"nll": 2.5, "cer": 48.0}, {"nll": 2.5, "cer": 50.0})[0]  # without keys: NLL decides
+    assert not rule.judge({"nll": 2.5, "cer": 49.5}, {"nll": 2.5, "cer": 50.0}, keys=True)[0]  # gain too small
+    assert not rule.judge({"nll": 2.6, "cer": 40.0}, {"nll": 2.5, "cer": 50.0}, keys=True)[0]  # NLL 4% worse
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from test_calibration import add_reference, sim_features
 from emgkey.benchmarks.toy_bundle import KeyedToyModel, build_toy_bundle, keyed_emg
 from emgkey.cli import main
 from emgkey.edge_runtime.calib_data import CalibrationRecording, PromptChoice, PromptSpan
-from emgkey.edge_runtime.profile_store import ProfileStore
+from emgkey.edge_runtime.profile_store import ProfileStore, load_key_profile
 from emgkey.features import FeatureConfig, compute_features
 from emgkey.metrics import cer
 from emgkey.profiles import ARMBAND8
@@ -309,3 +309,22 @@ def test_key_prototypes_are_calibrated_kept_with_the_profile_and_used_by_run(
     rc = main(["run", "--bundle", str(bundle), "--source", url, "--no-endpoint", "--status", "off", "--user", "erin"])
     assert rc == 2 and "keys_corrupt" in capsys.readouterr().err
     assert _run_text(capsys, bundle, url, "--user", "erin", "--no-keys") == without
+
+    # A profile with enabled keys is the current model of the next calibration: scored with its keys.
+    (prof.path / "keys.npz").unlink()
+    with pytest.raises(Exception, match="keys_corrupt"):
+        load_key_profile(prof)
+    assert main([*args, "--strategy", "stats", "--json"]) == 0  # the damaged keys: scored without them
+    assert "cer_greedy" not in json.loads(capsys.readouterr().out)["metrics"]["current"]
+    store = ProfileStore(bundle, "erin")
+    newest = store.profiles()[-1]
+    data = json.loads((newest.path / "profile.json").read_text())
+    data["keys"]["enabled"] = True
+    (newest.path / "profile.json").write_text(json.dumps(data))
+    if store.active_id() != newest.id:
+        data["accepted"] = True
+        (newest.path / "profile.json").write_text(json.dumps(data))
+        store.activate(newest.id)
+    assert main([*args, "--strategy", "stats", "--json"]) == 0
+    current = json.loads(capsys.readouterr().out)["metrics"]["current"]
+    assert "cer_greedy" in current and current["label"] == f"profile {newest.id}"
