@@ -574,10 +574,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.copytree(st.bundle, copy, ignore=shutil.ignore_patterns("profiles"))
         prior_src = tuple(args.key_prior) if args.key_prior else st.data
         if prior_src is not None and not args.no_keys and "key_prior" not in load_bundle(copy).manifest.model:
+            from emgkey.edge_runtime.keyproto import KeyProtoError
             from emgkey.export.key_prior import add_key_prior, fit_key_prior
 
             log.info("%s: key prior from %s", st.name, prior_src[0])
-            add_key_prior(copy, fit_key_prior(load_bundle(copy), *prior_src))
+            try:
+                add_key_prior(copy, fit_key_prior(load_bundle(copy), *prior_src))
+            except KeyProtoError as exc:  # e.g. a tiny dataset: calibrate without the key step
+                skipped.append(f"{st.name} / key prior: {exc}")
         for i, strategy in enumerate(args.strategies):
             if strategy != "stats" and st.checkpoint is None:
                 skipped.append(f"{st.name} / {strategy}: no checkpoint given")

@@ -51,3 +51,21 @@ def test_finetune_overrides_are_typed_and_typos_are_errors():
     for bad in (["max_body_stage=3"], ["lr"], ["time_budget_s=5"], ["specaugment=1"]):
         with pytest.raises(ConfigError):
             finetune_overrides(bad)
+
+
+def test_summary_reports_key_rescoring_beside_the_same_profile_without_it():
+    def row(user: int, before: float, plain: float, keyed: float, enabled: bool) -> dict:
+        return {
+            "student": "tcn (tcn)", "strategy": "stats", "user": user, "seconds": 60.0, "accepted": True,
+            "compute_s": 1.0, "before": {"cer": before, "nll": 2.0},
+            "after": {"cer": keyed if enabled else plain, "nll": 1.8}, "after_no_keys": {"cer": plain, "nll": 1.8},
+            "keys": {"enabled": enabled, "heldout": {}, "presses": 40, "seconds": 0.5},
+        }  # fmt: skip
+
+    (s,) = summarize([row(0, 60.0, 54.0, 48.0, True), row(1, 40.0, 36.0, 30.0, False)], {})
+    assert s["cer_after"] == 42.0 and s["cer_after_no_keys"] == 45.0 and s["keys_enabled"] == 1
+    assert s["cer_reduction_no_keys"] == 0.1  # 10 % for both users without keys
+    settings = {"users": 2, "first_user": 1000, "profile": "armband8", "seconds": [60.0], "eval_seconds": 60.0,
+                "budget_s": 30.0, "machine": "test"}  # fmt: skip
+    md = markdown({"settings": settings, "summary": [s], "targets": []})
+    assert "| 45.0 (+10.0%) | 1 |" in md
