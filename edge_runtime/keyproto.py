@@ -211,6 +211,21 @@ def _load_npz(path: Path, fmt: str) -> tuple[dict[str, Any], dict[str, np.ndarra
     return header, arrays
 
 
+def _load_fields(cls: Any, path: Path, fmt: str, arrays: tuple[tuple[str, Any], ...], floats: tuple[str, ...]) -> Any:
+    """``cls(*arrays, spec, frame_rate_hz, frame_shape, *floats, info)`` from a file ``_save_npz`` wrote."""
+    h, a = _load_npz(path, fmt)
+    try:
+        head = [a[name].astype(dtype) for name, dtype in arrays]
+        frames = [
+            KeyFeatureSpec.from_dict(h["spec"]),
+            float(h["frame_rate_hz"]),
+            tuple(int(x) for x in h["frame_shape"]),
+        ]
+        return cls(*head, *frames, *(float(h[k]) for k in floats), dict(h.get("info", {})))
+    except (KeyError, TypeError, ValueError, AssertionError) as exc:
+        raise KeyProtoError(f"{path} is malformed: {exc!r}") from exc
+
+
 @dataclass
 class KeyPrior:
     """The population's key classes: means (K, D) and a shared shrunk covariance (D, D) of centred key vectors."""
@@ -277,20 +292,8 @@ class KeyPrior:
 
     @classmethod
     def load(cls, path: str | Path) -> KeyPrior:
-        h, a = _load_npz(Path(path), PRIOR_FORMAT)
-        try:
-            return cls(
-                a["classes"].astype(np.int64),
-                a["means"].astype(np.float64),
-                a["cov"].astype(np.float64),
-                a["counts"].astype(np.int64),
-                KeyFeatureSpec.from_dict(h["spec"]),
-                float(h["frame_rate_hz"]),
-                tuple(int(x) for x in h["frame_shape"]),  # type: ignore[arg-type]
-                dict(h.get("info", {})),
-            )
-        except (KeyError, TypeError, ValueError, AssertionError) as exc:
-            raise KeyProtoError(f"{path} is malformed: {exc!r}") from exc
+        arrays = (("classes", np.int64), ("means", np.float64), ("cov", np.float64), ("counts", np.int64))
+        return _load_fields(cls, Path(path), PRIOR_FORMAT, arrays, ())
 
 
 def bundle_key_prior(bundle: Bundle) -> KeyPrior | None:
@@ -359,22 +362,8 @@ class KeyProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> KeyProfile:
-        h, a = _load_npz(Path(path), PROFILE_FORMAT)
-        try:
-            return cls(
-                a["classes"].astype(np.int64),
-                a["weights"].astype(np.float64),
-                a["bias"].astype(np.float64),
-                a["centre"].astype(np.float64),
-                KeyFeatureSpec.from_dict(h["spec"]),
-                float(h["frame_rate_hz"]),
-                tuple(int(x) for x in h["frame_shape"]),  # type: ignore[arg-type]
-                float(h["lam"]),
-                float(h["centre_weight"]),
-                dict(h.get("info", {})),
-            )
-        except (KeyError, TypeError, ValueError, AssertionError) as exc:
-            raise KeyProtoError(f"{path} is malformed: {exc!r}") from exc
+        arrays = (("classes", np.int64), ("weights", np.float64), ("bias", np.float64), ("centre", np.float64))
+        return _load_fields(cls, Path(path), PROFILE_FORMAT, arrays, ("lam", "centre_weight"))
 
 
 @dataclass(frozen=True)
