@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -146,6 +147,37 @@ def _with_current_keys(
     return {**score, "cer_greedy": score["cer"], "cer": cer}
 
 
+def _keys_on_base(
+    bundle: Bundle,
+    cal: CalibrationSet,
+    cur_score: dict[str, Any],
+    tmp: Path,
+    opt: CalibrationOptions,
+    run_kw: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], tuple[bool, str]] | None:
+    """Candidate "keys": the base model with its own input map plus the user's keys, if that is accepted.
+
+    Returns (candidate, keys entry, judgement) and leaves its ``keys.npz`` in ``tmp``; None (and ``tmp`` as it
+    was) when the keys do not help the base model enough.
+    """
+    t0 = time.perf_counter()
+    base = {"normalization": {"kind": "identity"}, "bundle": None}
+    keys = _key_step(bundle, base, tmp, cal, opt, run_kw, name="keys_base.npz")
+    if not keys or not keys.get("enabled"):
+        (tmp / "keys_base.npz").unlink(missing_ok=True)
+        return None
+    score = heldout_score(Deployed(bundle, base["normalization"], "keys"), cal, **run_kw)
+    verdict = opt.acceptance.judge({**score, "cer": keys["heldout"]["cer_with"]}, cur_score, keys=True)
+    if not verdict[0]:
+        (tmp / "keys_base.npz").unlink()
+        return None
+    os.replace(tmp / "keys_base.npz", tmp / KEYS_NAME)
+    keys["path"] = KEYS_NAME
+    cand = {**base, "info": {"keys": "base model, its own input map"}, "seconds": time.perf_counter() - t0}
+    cand["heldout"] = score
+    return cand, keys, verdict
+
+
 def _key_step(
     bundle: Bundle,
     best: dict[str, Any],
@@ -153,8 +185,9 @@ def _key_step(
     cal: CalibrationSet,
     opt: CalibrationOptions,
     run_kw: dict[str, Any],
+    name: str = KEYS_NAME,
 ) -> dict[str, Any] | None:
-    """Key prototypes for the chosen strategy, written to ``tmp/keys.npz``; None when the bundle has no prior.
+    """Key prototypes for the chosen strategy, written to ``tmp/<name>``; None when the bundle has no prior.
 
     A prior that fails its checks, or too few aligned presses, leaves the profile without keys (and says why
     in its metrics): key rescoring is an addition, never a reason to lose the rest of a calibration.
@@ -172,8 +205,8 @@ def _key_step(
     except KeyProtoError as exc:
         log.warning("no key profile: %s", exc)
         return {"skipped": str(exc)}
-    path = res.profile.save(tmp / KEYS_NAME)
-    return res.manifest_entry(KEYS_NAME, sha256_file(path))
+    path = res.profile.save(tmp / name)
+    return res.manifest_entry(name, sha256_file(path))
 
 
 def calibrate_recording(
@@ -257,6 +290,18 @@ def calibrate_recording(
             assert keys is not None
             new_score["cer"] = keys["heldout"]["cer_with"]  # what the profile would decode
         accepted, reason = opt.acceptance.judge(new_score, cur_score, keys=with_keys)
+        if not accepted and keys is not None and "path" in keys:
+            # The strategies did not win, but the user's keys may still help the base model as it is.
+            alt = _keys_on_base(bundle, cal, cur_score, tmp, opt, run_kw)
+            if alt is not None:
+                best_name, best, keys, (accepted, reason) = "keys", alt[0], alt[1], alt[2]
+                candidates["keys"] = best
+                for c in candidates.values():
+                    c["bundle"] = None
+                if (tmp / "bundle").exists():
+                    import shutil
+
+                    shutil.rmtree(tmp / "bundle")
         if opt.keep_recording:
             recording.save(tmp / "recording.npz")
         metrics = {

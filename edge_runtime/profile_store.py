@@ -78,7 +78,7 @@ class Profile:
     id: str
     user: str
     created_unix: float
-    strategy: str  # "stats" | "finetune"
+    strategy: str  # "stats" | "finetune" | "keys" (the base model with key rescoring only)
     base_fingerprint: str
     normalization: dict[str, Any]  # the input map in manifest form (FeatureNormalization.from_manifest)
     accepted: bool

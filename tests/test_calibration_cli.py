@@ -328,3 +328,31 @@ def test_key_prototypes_are_calibrated_kept_with_the_profile_and_used_by_run(
     assert main([*args, "--strategy", "stats", "--json"]) == 0
     current = json.loads(capsys.readouterr().out)["metrics"]["current"]
     assert "cer_greedy" in current and current["label"] == f"profile {newest.id}"
+
+
+def test_keys_alone_on_the_base_model_when_no_strategy_wins(keyed: Path, tmp_path: Path) -> None:
+    """Strategies that lose on the held-out prompts leave one more candidate: the base model with the keys."""
+    import shutil
+
+    from emgkey.bundle import load_bundle, sha256_file
+    from emgkey.edge_runtime.calib_run import CalibrationOptions, calibrate_recording
+    from emgkey.edge_runtime.calibrate import Acceptance
+
+    class BaseWithKeysOnly(Acceptance):  # reject every changed model; take the base model if its keys help
+        def judge(self, new: dict, current: dict, keys: bool = False) -> tuple[bool, str]:
+            ok = keys and new["nll"] == current["nll"] and new["cer"] <= current["cer"]
+            return ok, "base with keys" if ok else "rejected by the test's rule"
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(keyed, bundle, ignore=shutil.ignore_patterns("profiles"))
+    _add_keyed_prior(bundle)
+    emg, _, spans = _rotated_recording(40.0, (1, -1), seed=5)  # strategy 1 finds the shift: another model
+    rec = CalibrationRecording(ARMBAND8, emg, spans, "keyed test")
+    opts = CalibrationOptions(strategy="stats", acceptance=BaseWithKeysOnly())
+    out = calibrate_recording(load_bundle(bundle), "frank", rec, opts)
+    p = out.profile
+    assert p.keys is not None and p.keys["enabled"], p.metrics["keys"]
+    assert p.strategy == "keys" and p.accepted and out.activated, p.reason
+    assert p.bundle is None and p.normalization == {"kind": "identity"}
+    assert sha256_file(p.path / "keys.npz") == p.keys["sha256"] and not (p.path / "keys_base.npz").exists()
+    assert set(out.candidates) == {"stats", "keys"}
