@@ -302,6 +302,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                         kp = load_key_profile(prof)
                         if kp is not None:
                             row["after"] = evaluate_deployed(own, prof.normalization, u["eval"], kp)
+                        elif prof.path is not None and (prof.path / prof.keys["path"]).is_file():
+                            # diagnostic only: what the keys the held-out slice turned off would have done
+                            from emgkey.edge_runtime.keyproto import KeyProfile
+
+                            forced = KeyProfile.load(prof.path / prof.keys["path"])
+                            row["after_keys_forced"] = evaluate_deployed(own, prof.normalization, u["eval"], forced)
             except (CalibrationDataError, EmgkeyError) as exc:
                 row["error"] = str(exc)[:300]
             rows.append(row)
@@ -400,6 +406,10 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
                 "keys_enabled": sum(bool(r["keys"]["enabled"]) for r in nk) if len(nk) == len(ok) and nk else None,
                 "cer_after_no_keys": mean(nk_cer) if len(nk) == len(ok) else None,
                 "cer_reduction_no_keys": mean(nk_rel) if len(nk) == len(ok) else None,
+                # diagnostic: every user's keys on, including those the held-out prompts turned off
+                "cer_after_keys_always": mean([r.get("after_keys_forced", r["after"])["cer"] for r in nk])
+                if len(nk) == len(ok) and nk
+                else None,
                 "nll_before": mean([before[(r["student"], r["user"])]["nll"] for r in ok]),
                 "nll_after": mean([r["after"]["nll"] for r in ok]),
                 "accepted": sum(bool(r.get("accepted")) for r in ok) if strategy != "scratch" else None,
