@@ -390,6 +390,9 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
         nk_cer = [r["after_no_keys"]["cer"] for r in nk]
         nk_rel = [(before[(r["student"], r["user"])]["cer"] - c) / before[(r["student"], r["user"])]["cer"]
                   for r, c in zip(nk, nk_cer) if before[(r["student"], r["user"])]["cer"] > 0]  # fmt: skip
+        ka_cer = [r.get("after_keys_forced", r["after"])["cer"] for r in nk]
+        ka_rel = [(before[(r["student"], r["user"])]["cer"] - c) / before[(r["student"], r["user"])]["cer"]
+                  for r, c in zip(nk, ka_cer) if before[(r["student"], r["user"])]["cer"] > 0]  # fmt: skip
         out.append(
             {
                 "student": student,
@@ -407,9 +410,8 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
                 "cer_after_no_keys": mean(nk_cer) if len(nk) == len(ok) else None,
                 "cer_reduction_no_keys": mean(nk_rel) if len(nk) == len(ok) else None,
                 # diagnostic: every user's keys on, including those the held-out prompts turned off
-                "cer_after_keys_always": mean([r.get("after_keys_forced", r["after"])["cer"] for r in nk])
-                if len(nk) == len(ok) and nk
-                else None,
+                "cer_after_keys_always": mean(ka_cer) if len(nk) == len(ok) and nk else None,
+                "cer_reduction_keys_always": mean(ka_rel) if len(nk) == len(ok) and nk else None,
                 "nll_before": mean([before[(r["student"], r["user"])]["nll"] for r in ok]),
                 "nll_after": mean([r["after"]["nll"] for r in ok]),
                 "accepted": sum(bool(r.get("accepted")) for r in ok) if strategy != "scratch" else None,
@@ -490,6 +492,11 @@ def targets(summary: list[dict[str, Any]]) -> list[str]:
         red = r["cer_reduction_mean"]
         verdict = "meets" if red >= 0.4 else "misses"
         line = f"{student} / {strategy}: CER reduced by {100 * red:.1f}% on average ({verdict} >= 40%)"
+        if r.get("cer_after_no_keys") is not None and r["cer_before"]:
+            line += f"; without key rescoring {100 * r['cer_reduction_no_keys']:.1f}%"
+            always = r.get("cer_reduction_keys_always")
+            if always is not None:
+                line += f", with every user's keys on {100 * always:.1f}% (diagnostic)"
         if r.get("cer_average_arm") is not None and r["cer_before"]:
             room = (r["cer_before"] - r["cer_average_arm"]) / r["cer_before"]
             line += f"; undoing every placement and anatomy difference would remove {100 * room:.1f}%"

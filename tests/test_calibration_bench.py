@@ -62,9 +62,14 @@ def test_summary_reports_key_rescoring_beside_the_same_profile_without_it():
             "keys": {"enabled": enabled, "heldout": {}, "presses": 40, "seconds": 0.5},
         }  # fmt: skip
 
-    (s,) = summarize([row(0, 60.0, 54.0, 48.0, True), row(1, 40.0, 36.0, 30.0, False)], {})
+    off = row(1, 40.0, 36.0, 30.0, False)
+    off["after_keys_forced"] = {"cer": 32.0, "nll": 1.8}  # what its disabled keys would have done
+    (s,) = summarize([row(0, 60.0, 54.0, 48.0, True), off], {})
     assert s["cer_after"] == 42.0 and s["cer_after_no_keys"] == 45.0 and s["keys_enabled"] == 1
     assert s["cer_reduction_no_keys"] == 0.1  # 10 % for both users without keys
+    assert s["cer_after_keys_always"] == 40.0 and s["cer_reduction_keys_always"] == 0.2  # (20 % + 20 %) / 2
+    (t,) = targets([{**s, "seconds": 60}])
+    assert "without key rescoring 10.0%, with every user's keys on 20.0% (diagnostic)" in t
     settings = {"users": 2, "first_user": 1000, "profile": "armband8", "seconds": [60.0], "eval_seconds": 60.0,
                 "budget_s": 30.0, "machine": "test"}  # fmt: skip
     md = markdown({"settings": settings, "summary": [s], "targets": []})
