@@ -54,12 +54,16 @@ class KeyCalibration:
         }
 
 
-def _aligned(
-    scorer: Scorer, norm: Any, frames: np.ndarray, segments: Sequence[Segment], prior: KeyPrior
-) -> tuple[np.ndarray, np.ndarray]:
+Emitted = Sequence[tuple[Segment, np.ndarray]]  # each prompt with its log-probs: emission j is frame start + j
+
+
+def _emitted(scorer: Scorer, norm: Any, segments: Sequence[Segment]) -> list[tuple[Segment, np.ndarray]]:
+    return [(seg, scorer.emissions(norm, seg)) for seg in segments]
+
+
+def _aligned(items: Emitted, frames: np.ndarray, prior: KeyPrior) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
-    for seg in segments:
-        lp = scorer.emissions(norm, seg)  # (frames, classes): emission j describes frame seg.start + j
+    for seg, lp in items:
         peaks = ctc_peaks(lp, seg.targets)
         ok = peaks >= 0
         if ok.any():
@@ -70,12 +74,11 @@ def _aligned(
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _heldout(scorer: Scorer, norm: Any, frames: np.ndarray, cal: CalibrationSet, profile: KeyProfile) -> dict[str, Any]:
+def _heldout(items: Emitted, frames: np.ndarray, profile: KeyProfile) -> dict[str, Any]:
     without, with_ = EditCounts(), EditCounts()
     lookback = max(0, -profile.spec.edges(profile.frame_rate_hz)[0])
     lookahead = profile.spec.lookahead(profile.frame_rate_hz)
-    for seg in cal.heldout:
-        lp = scorer.emissions(norm, seg)
+    for seg, lp in items:
         a = max(0, seg.start - lookback)
         b = min(len(frames), seg.stop + lookahead)
         target = charset.labels_to_str([int(t) for t in seg.targets])
@@ -99,7 +102,7 @@ def heldout_cer_with_keys(
     """Greedy CER with key rescoring on the held-out prompts, through the deployed streaming engine."""
     norm = Deployed(own, normalization, "keys").input_map()
     scorer = Scorer(own, cal.features, use="streaming", precision=precision, format=format, threads=threads)
-    return float(_heldout(scorer, norm, norm(cal.features), cal, profile)["cer_with"])
+    return float(_heldout(_emitted(scorer, norm, cal.heldout), norm(cal.features), profile)["cer_with"])
 
 
 def calibrate_keys(
@@ -124,10 +127,11 @@ def calibrate_keys(
         raise KeyProtoError(f"the key prior is for frames {prior.frame_shape}, the model reads {frame_shape}")
     frames = norm(cal.features)  # (F, n_bands, C, n_freq): what the model reads
     scorer = Scorer(own, cal.features, use="streaming", precision=precision, format=format, threads=threads)
-    x_fit, y_fit = _aligned(scorer, norm, frames, cal.fit, prior)
+    fit, held = _emitted(scorer, norm, cal.fit), _emitted(scorer, norm, cal.heldout)  # each prompt runs once
+    x_fit, y_fit = _aligned(fit, frames, prior)
     trial = fit_profile(prior, x_fit, y_fit, cfg)
-    heldout = _heldout(scorer, norm, frames, cal, trial)
-    x_ho, y_ho = _aligned(scorer, norm, frames, cal.heldout, prior)
+    heldout = _heldout(held, frames, trial)
+    x_ho, y_ho = _aligned(held, frames, prior)
     final = fit_profile(prior, np.concatenate([x_fit, x_ho]), np.concatenate([y_fit, y_ho]), cfg)
     enabled = heldout["cer_with"] <= heldout["cer_without"]
     return KeyCalibration(final, enabled, heldout, time.perf_counter() - t0)

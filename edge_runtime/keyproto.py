@@ -407,23 +407,6 @@ def fit_profile(prior: KeyPrior, vectors: np.ndarray, labels: np.ndarray, cfg: K
     )
 
 
-def prior_as_profile(prior: KeyPrior, centre: np.ndarray, cfg: KeyFitConfig) -> KeyProfile:
-    """The population's classes without user means (for comparison: usually no better than the model alone)."""
-    w, b = lda_weights(prior.means, prior.cov)
-    return KeyProfile(
-        prior.classes.copy(),
-        w,
-        b,
-        np.asarray(centre, np.float64),
-        prior.spec,
-        prior.frame_rate_hz,
-        prior.frame_shape,
-        cfg.lam,
-        cfg.centre_weight,
-        {"generic": True},
-    )
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The decoder
 
@@ -467,8 +450,6 @@ class KeyRescoringDecoder:
         self._emitted = 0  # absolute emission index of the next emission
         self._centre_sum = profile.centre * profile.centre_weight
         self._centre_n = profile.centre_weight
-        self.rescored = 0
-        self.changed = 0
         self.reset()
 
     def reset(self) -> None:
@@ -554,8 +535,6 @@ class KeyRescoringDecoder:
         lp_key = p.log_posterior((x - self._centre_sum / self._centre_n)[None])[0]  # (K,)
         score = run.row[p.classes] + p.lam * lp_key
         label = int(p.classes[int(np.argmax(score))])
-        self.rescored += 1
-        self.changed += int(label != run.label)
         return label
 
     @property
@@ -579,7 +558,3 @@ def rescore_offline(log_probs: np.ndarray, frames: np.ndarray, profile: KeyProfi
     dec = KeyRescoringDecoder(profile, delay=delay, num_classes=log_probs.shape[1])
     dec.observe_frames(frames)
     return list(dec.decode(log_probs, finish=True))
-
-
-def describe(profile: KeyProfile) -> dict[str, Any]:
-    return {"classes": len(profile.classes), "lam": profile.lam, "spec": profile.spec.to_dict(), **profile.info}
