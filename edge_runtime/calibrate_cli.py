@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--prompt-seed", type=int, default=0, help="which prompts (with the user name)")
     p.add_argument("--no-activate", action="store_true", help="write the profile but do not activate it")
+    p.add_argument(
+        "--no-keys", action="store_true", help="skip step 3 (key prototypes) even when the bundle has a key prior"
+    )
     p.add_argument("--no-keep-recording", action="store_true", help="do not store the recording in the profile")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON on stdout")
     p.set_defaults(func=_main)
@@ -103,6 +106,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         activate=not args.no_activate,
         keep_recording=not args.no_keep_recording,
+        keys=not args.no_keys,
     )
     if args.strategy == "finetune":  # before asking anyone to type for a minute
         from emgkey.edge_runtime.calib_run import finetune_available

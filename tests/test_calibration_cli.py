@@ -329,6 +329,11 @@ def test_key_prototypes_are_calibrated_kept_with_the_profile_and_used_by_run(
     current = json.loads(capsys.readouterr().out)["metrics"]["current"]
     assert "cer_greedy" in current and current["label"] == f"profile {newest.id}"
 
+    # --no-keys: step 3 is skipped even though the bundle has a prior
+    assert main([*args, "--strategy", "stats", "--json", "--no-keys", "--no-activate"]) == 0
+    assert json.loads(capsys.readouterr().out)["keys"] is None
+    assert not (store.profiles()[-1].path / "keys.npz").exists()
+
 
 def test_keys_alone_on_the_base_model_when_no_strategy_wins(keyed: Path, tmp_path: Path) -> None:
     """Strategies that lose on the held-out prompts leave one more candidate: the base model with the keys."""

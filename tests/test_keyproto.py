@@ -28,6 +28,7 @@ from emgkey.edge_runtime.keyproto import (
     key_vectors,
     rescore_offline,
 )
+from emgkey.lda import within_between
 
 BLANK = charset.BLANK
 C = charset.NUM_CLASSES
@@ -172,6 +173,64 @@ def test_prior_fit_keeps_frequent_classes_and_needs_two() -> None:
         KeyPrior.fit(x, y, spec, FPS, SHAPE, min_count=100)
 
 
+def test_within_between_recovers_how_users_differ() -> None:
+    """Hand-made: 40 users whose class means are shifted along axis 0 only, noise 0.1 in every direction."""
+    rng = np.random.default_rng(3)
+    d, k, users, n = 4, 2, 40, 30
+    means = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]])
+    xs, ys, gs = [], [], []
+    for u in range(users):
+        shift = np.zeros((k, d))
+        shift[:, 0] = rng.standard_normal(k)  # this user's class means stray along axis 0, sd 1
+        y = np.repeat(np.arange(k), n)
+        xs.append(means[y] + shift[y] + 0.1 * rng.standard_normal((k * n, d)))
+        ys.append(y)
+        gs.append(np.full(k * n, u))
+    x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    within, between = within_between(x, y, g, means)
+    np.testing.assert_allclose(within, 0.01 * np.eye(d), atol=3e-3)
+    assert between is not None
+    assert 0.5 < between[0, 0] < 1.6 and np.all(np.abs(between[1:, 1:]) < 1e-3)
+    assert np.all(np.linalg.eigvalsh(between) > 0), "positive definite after clipping"
+    assert within_between(x, y, g, means, min_group=n + 1)[1] is None  # no cell with enough presses
+
+
+def test_two_covariance_map_moves_means_only_where_users_differ() -> None:
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    between = np.diag([1.0] + [1e-9] * (d - 1))  # users differ along axis 0 only
+    prior = KeyPrior(
+        np.array([A, B]), np.zeros((2, d)), 0.5 * np.eye(d), np.array([20, 20]), spec, FPS, SHAPE, between=between
+    )
+    x = np.zeros((24, d))
+    x[:12] = 1.0  # class a presses: +1 on every axis
+    x[12:] = -1.0
+    y = np.array([A] * 12 + [B] * 12)
+    prof = fit_profile(prior, x, y, KeyFitConfig(min_presses=20))
+    assert prof.info["adaptation"] == "two-covariance"
+    mean_a = prof.weights[:, 0] * 0.5  # weights = cov^-1 means, cov = 0.5 I
+    np.testing.assert_allclose(mean_a[0], 12 / (12 + 0.5), rtol=1e-6)  # B / (B + W / n) of the way
+    np.testing.assert_allclose(mean_a[1:], 0.0, atol=1e-6)  # no user ever differs there: stays at the prior
+    # a format-1 prior (no between): tau MAP, the same on every axis
+    old = KeyPrior(np.array([A, B]), np.zeros((2, d)), 0.5 * np.eye(d), np.array([20, 20]), spec, FPS, SHAPE)
+    prof1 = fit_profile(old, x, y, KeyFitConfig(tau=2.0, min_presses=20))
+    assert prof1.info["adaptation"] == "tau"
+    np.testing.assert_allclose(prof1.weights[:, 0] * 0.5, 12 / 14)
+
+
+def test_prior_fit_estimates_between_from_sessions(tmp_path: Path) -> None:
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    rng = np.random.default_rng(4)
+    x = [rng.standard_normal((60, d)) for _ in range(3)]
+    y = [np.array([A] * 30 + [B] * 30)] * 3
+    prior = KeyPrior.fit(x, y, spec, FPS, SHAPE, min_count=20)
+    assert prior.between is not None and prior.between.shape == (d, d)
+    back = KeyPrior.load(prior.save(tmp_path / "p.npz"))
+    np.testing.assert_array_equal(back.between, prior.between)
+    assert back.header()["format_version"] == 2
+
+
 def test_files_round_trip_and_refuse_damage(tmp_path: Path) -> None:
     spec = KeyFeatureSpec()
     d = spec.dim(SHAPE)
@@ -179,6 +238,7 @@ def test_files_round_trip_and_refuse_damage(tmp_path: Path) -> None:
     p = prior.save(tmp_path / "prior.npz")
     back = KeyPrior.load(p)
     np.testing.assert_array_equal(back.cov, prior.cov)
+    assert back.between is None and back.header()["format_version"] == 1  # a format-1 prior stays one
     assert back.spec == spec and back.frame_shape == SHAPE and back.info == {"x": 1}
     prof = _profile(lam=0.7)
     q = KeyProfile.load(prof.save(tmp_path / "keys.npz"))
