@@ -29,6 +29,7 @@ from emgkey.edge_runtime.keyproto import (
     KeyProtoError,
     ctc_peaks,
     fit_profile,
+    gap_centres,
     key_vectors,
     rescore_offline,
 )
@@ -61,17 +62,21 @@ def _emitted(scorer: Scorer, norm: Any, segments: Sequence[Segment]) -> list[tup
     return [(seg, scorer.emissions(norm, seg)) for seg in segments]
 
 
-def _aligned(items: Emitted, frames: np.ndarray, prior: KeyPrior) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
+def _aligned(
+    items: Emitted, frames: np.ndarray, prior: KeyPrior, min_gap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Key vectors (n, D) and labels (n,) at the aligned presses, and (m, D) half-way between them."""
+    d = prior.means.shape[1]
+    xs, ys, gs = [np.zeros((0, d))], [np.zeros(0, np.int64)], [np.zeros((0, d))]
     for seg, lp in items:
         peaks = ctc_peaks(lp, seg.targets)
         ok = peaks >= 0
         if ok.any():
-            xs.append(key_vectors(frames, peaks[ok] + seg.start, prior.spec, prior.frame_rate_hz))
+            at = peaks[ok] + seg.start
+            xs.append(key_vectors(frames, at, prior.spec, prior.frame_rate_hz))
             ys.append(seg.targets[ok])
-    if not xs:
-        return np.zeros((0, prior.means.shape[1])), np.zeros(0, np.int64)
-    return np.concatenate(xs), np.concatenate(ys)
+            gs.append(key_vectors(frames, gap_centres(at, min_gap), prior.spec, prior.frame_rate_hz))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
 
 
 def _heldout(items: Emitted, frames: np.ndarray, profile: KeyProfile) -> dict[str, Any]:
@@ -128,10 +133,13 @@ def calibrate_keys(
     frames = norm(cal.features)  # (F, n_bands, C, n_freq): what the model reads
     scorer = Scorer(own, cal.features, use="streaming", precision=precision, format=format, threads=threads)
     fit, held = _emitted(scorer, norm, cal.fit), _emitted(scorer, norm, cal.heldout)  # each prompt runs once
-    x_fit, y_fit = _aligned(fit, frames, prior)
-    trial = fit_profile(prior, x_fit, y_fit, cfg)
+    min_gap = max(1, round(cfg.min_gap_ms * prior.frame_rate_hz / 1000.0))
+    x_fit, y_fit, g_fit = _aligned(fit, frames, prior, min_gap)
+    trial = fit_profile(prior, x_fit, y_fit, cfg, g_fit)
     heldout = _heldout(held, frames, trial)
-    x_ho, y_ho = _aligned(held, frames, prior)
-    final = fit_profile(prior, np.concatenate([x_fit, x_ho]), np.concatenate([y_fit, y_ho]), cfg)
+    x_ho, y_ho, g_ho = _aligned(held, frames, prior, min_gap)
+    final = fit_profile(
+        prior, np.concatenate([x_fit, x_ho]), np.concatenate([y_fit, y_ho]), cfg, np.concatenate([g_fit, g_ho])
+    )
     enabled = heldout["cer_with"] <= heldout["cer_without"]
     return KeyCalibration(final, enabled, heldout, time.perf_counter() - t0)

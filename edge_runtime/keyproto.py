@@ -24,6 +24,11 @@ the population's do. This module turns that into a cheap decoding step on top of
    window needs have arrived (``lookahead_frames`` after the run's peak). Characters outside the prior's
    classes (rare keys, space, backspace...) keep the model's label. The centre of the vectors follows the
    stream: the calibration centre with ``centre_weight`` pseudo-presses, updated with every rescored press.
+5. **No-press class and blank offset** (profile format 2): greedy picks labels after taking ``blank_offset``
+   nats off the blank, so fainter keystrokes become runs too; the profile's extra class with label blank (the
+   mean key vector half-way between the user's aligned calibration presses, ``gap_centres``) competes with
+   the keys through the blank's log-prob, and a run it wins is dropped. On users 2000-2007 the two together
+   cut deletions more than they added insertions and substitutions (docs/calibration.md).
 
 Partial results show the model's own labels for runs still waiting for their look-ahead; ``finish=True`` (the
 end of a segment) rescores them with what there is.
@@ -51,7 +56,7 @@ from emgkey.lda import lda_stats, lda_weights, within_between
 
 PRIOR_FORMAT = "emgkey-keyprior"
 PROFILE_FORMAT = "emgkey-keyprofile"
-FORMAT_VERSION = 1  # key profiles
+FORMAT_VERSION = 2  # key profiles; 2 added ``blank_offset`` and the no-press class (version 1 is read too)
 PRIOR_FORMAT_VERSION = 2  # 2 added ``between`` (a prior without it is written, and read, as version 1)
 
 
@@ -223,13 +228,15 @@ def _load_fields(
     floats: tuple[str, ...],
     *,
     optional: tuple[tuple[str, Any], ...] = (),
+    optional_floats: tuple[str, ...] = (),
     version: int = FORMAT_VERSION,
 ) -> Any:
     """``cls(*arrays, spec, frame_rate_hz, frame_shape, *floats, info, **optional)`` from a ``_save_npz`` file."""
     h, a = _load_npz(path, fmt, version)
     try:
         head = [a[name].astype(dtype) for name, dtype in arrays]
-        extra = {name: a[name].astype(dtype) for name, dtype in optional if name in a}
+        extra: dict[str, Any] = {name: a[name].astype(dtype) for name, dtype in optional if name in a}
+        extra.update({name: float(h[name]) for name in optional_floats if name in h})
         frames = [
             KeyFeatureSpec.from_dict(h["spec"]),
             float(h["frame_rate_hz"]),
@@ -368,6 +375,9 @@ class KeyProfile:
     lam: float = 1.0  # weight of the key model's log-posterior against the CTC model's
     centre_weight: float = 20.0  # pseudo-presses behind the calibration centre when the stream updates it
     info: dict[str, Any] = field(default_factory=dict)
+    # nats taken off the blank before greedy picks a frame's label: more (and fainter) keystrokes become runs,
+    # which the key model then names, or drops when its no-press class (label = blank) wins
+    blank_offset: float = 0.0
 
     def __post_init__(self) -> None:
         d, k = self.weights.shape
@@ -395,6 +405,7 @@ class KeyProfile:
             "frame_shape": list(self.frame_shape),
             "lam": self.lam,
             "centre_weight": self.centre_weight,
+            "blank_offset": self.blank_offset,
             "info": self.info,
         }
         arrays = {"classes": self.classes, "weights": self.weights, "bias": self.bias, "centre": self.centre}
@@ -403,7 +414,9 @@ class KeyProfile:
     @classmethod
     def load(cls, path: str | Path) -> KeyProfile:
         arrays = (("classes", np.int64), ("weights", np.float64), ("bias", np.float64), ("centre", np.float64))
-        return _load_fields(cls, Path(path), PROFILE_FORMAT, arrays, ("lam", "centre_weight"))
+        return _load_fields(
+            cls, Path(path), PROFILE_FORMAT, arrays, ("lam", "centre_weight"), optional_floats=("blank_offset",)
+        )
 
 
 @dataclass(frozen=True)
@@ -412,6 +425,12 @@ class KeyFitConfig:
     lam: float = 0.75  # chosen on simulated users 2000-2007 (docs/calibration.md), not on the reported ones
     centre_weight: float = 20.0
     min_presses: int = 20  # aligned presses a calibration needs before a key profile is worth fitting
+    # a "no press" class (label = blank) from the key vectors half-way between aligned presses, and a lower
+    # blank threshold for the runs it then vets; values chosen on simulated users 2000-2007 (docs/calibration.md)
+    blank_offset: float = 1.0
+    no_press_bias: float = 1.0  # nats added to the no-press class's score
+    min_gaps: int = 20  # gaps needed for the no-press class (fewer: no class, and no blank offset)
+    min_gap_ms: float = 80.0  # presses closer than this leave no gap example between them
 
 
 def _map_mean(prior: KeyPrior, mean: np.ndarray, user_mean: np.ndarray, n: int, tau: float) -> np.ndarray:
@@ -427,8 +446,15 @@ def _map_mean(prior: KeyPrior, mean: np.ndarray, user_mean: np.ndarray, n: int, 
     return mean + gain_t.T @ (user_mean - mean)
 
 
-def fit_profile(prior: KeyPrior, vectors: np.ndarray, labels: np.ndarray, cfg: KeyFitConfig) -> KeyProfile:
-    """A user's profile from their aligned calibration presses: vectors (n, D), labels (n,)."""
+def fit_profile(
+    prior: KeyPrior,
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    cfg: KeyFitConfig,
+    gaps: np.ndarray | None = None,
+) -> KeyProfile:
+    """A user's profile from their aligned calibration presses: vectors (n, D), labels (n,); ``gaps`` (m, D):
+    key vectors half-way between presses (``gap_centres``), the no-press class when there are ``min_gaps``."""
     assert vectors.ndim == 2 and vectors.shape[1] == prior.means.shape[1], (
         f"({len(vectors)}, {prior.means.shape[1]}) key vectors expected, got {vectors.shape}"
     )
@@ -444,11 +470,20 @@ def fit_profile(prior: KeyPrior, vectors: np.ndarray, labels: np.ndarray, cfg: K
         if n:
             means[i] = _map_mean(prior, means[i], x[sel].mean(axis=0), n, cfg.tau)
             used[charset.labels_to_str([int(c)])] = n
+    classes = prior.classes.copy()
+    no_press = gaps is not None and len(gaps) >= cfg.min_gaps
+    if no_press:
+        assert gaps is not None
+        means = np.vstack([means, (gaps - centre).mean(axis=0)])  # the user's own: there are plenty
+        classes = np.append(classes, charset.BLANK)
     w, b = lda_weights(means, prior.cov)
+    if no_press:
+        b[-1] += cfg.no_press_bias
     info = {"presses": len(vectors), "classes_seen": len(used), "classes": len(prior.classes), "tau": cfg.tau}
     info["adaptation"] = "tau" if prior.between is None else "two-covariance"
+    info["no_press_gaps"] = 0 if gaps is None else len(gaps)
     return KeyProfile(
-        prior.classes.copy(),
+        classes,
         w,
         b,
         centre,
@@ -458,7 +493,15 @@ def fit_profile(prior: KeyPrior, vectors: np.ndarray, labels: np.ndarray, cfg: K
         cfg.lam,
         cfg.centre_weight,
         info,
+        cfg.blank_offset if no_press else 0.0,
     )
+
+
+def gap_centres(peaks: np.ndarray, min_gap: int) -> np.ndarray:
+    """Frames half-way between consecutive aligned presses at least ``min_gap`` frames apart: no-press examples."""
+    p = np.sort(np.asarray(peaks, dtype=np.int64))
+    far = (p[1:] - p[:-1]) >= min_gap
+    return ((p[1:] + p[:-1]) // 2)[far]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -527,7 +570,12 @@ class KeyRescoringDecoder:
         )
         if timestamps is None:
             timestamps = np.arange(self._emitted, self._emitted + len(emissions), dtype=np.float64)
-        best = emissions.argmax(axis=1)
+        if self.profile.blank_offset:
+            shifted = np.array(emissions, dtype=np.float64)
+            shifted[:, self.blank] -= self.profile.blank_offset
+            best = shifted.argmax(axis=1)
+        else:
+            best = emissions.argmax(axis=1)
         for j, k in enumerate(best):
             e = self._emitted + j
             k = int(k)
@@ -565,8 +613,10 @@ class KeyRescoringDecoder:
         if ready:
             frames, first = self._frame_window()
             for r in ready:
-                self._final.append(self._rescore(r, frames, first))
-                self._final_ts.append(r.timestamp)
+                label = self._rescore(r, frames, first)
+                if label != self.blank:  # the no-press class won: the run was not a keystroke
+                    self._final.append(label)
+                    self._final_ts.append(r.timestamp)
             self._pending = self._pending[len(ready) :]
         # keep only the frames a future run can still read
         oldest = min([r.start for r in self._pending] + ([self._run.start] if self._run else []) + [self._emitted])
@@ -587,8 +637,11 @@ class KeyRescoringDecoder:
         self._centre_sum = self._centre_sum + x
         self._centre_n += 1.0
         lp_key = p.log_posterior((x - self._centre_sum / self._centre_n)[None])[0]  # (K,)
-        score = run.row[p.classes] + p.lam * lp_key
+        score = run.row[p.classes] + p.lam * lp_key  # the no-press class (label blank) reads the blank's log-prob
         label = int(p.classes[int(np.argmax(score))])
+        if label == self.blank:  # not a keystroke: the centre stays the mean of keystrokes
+            self._centre_sum = self._centre_sum - x
+            self._centre_n -= 1.0
         return label
 
     @property

@@ -24,6 +24,7 @@ from emgkey.edge_runtime.keyproto import (
     KeyRescoringDecoder,
     ctc_peaks,
     fit_profile,
+    gap_centres,
     greedy_runs,
     key_vectors,
     rescore_offline,
@@ -93,12 +94,15 @@ def test_greedy_runs_take_each_runs_peak() -> None:
     np.testing.assert_array_equal(peaks, [2, 7])
 
 
-def _profile(lam: float = 1.0, seed: int = 0, classes: tuple[int, ...] = (A, B)) -> KeyProfile:
+def _profile(
+    lam: float = 1.0, seed: int = 0, classes: tuple[int, ...] = (A, B), blank_offset: float = 0.0
+) -> KeyProfile:
     rng = np.random.default_rng(seed)
     spec = KeyFeatureSpec()
     d = spec.dim(SHAPE)
     w = rng.standard_normal((d, len(classes)))
-    return KeyProfile(np.array(classes), w, rng.standard_normal(len(classes)), np.zeros(d), spec, FPS, SHAPE, lam)
+    b = rng.standard_normal(len(classes))
+    return KeyProfile(np.array(classes), w, b, np.zeros(d), spec, FPS, SHAPE, lam, blank_offset=blank_offset)
 
 
 @settings(max_examples=30, deadline=None)
@@ -121,6 +125,43 @@ def test_streaming_equals_offline_and_lam_zero_is_greedy(seed: int, chunks: list
     assert dec.decode(np.zeros((0, C)), finish=True) == offline
     assert len(offline) == len(greedy_decode(lp))
     assert rescore_offline(lp, frames, _profile(lam=0.0, seed=seed)) == greedy_decode(lp)
+    # with a no-press class and a blank offset, streaming still equals offline
+    noisy = _profile(seed=seed, classes=(A, B, BLANK), blank_offset=float(rng.uniform(0, 3)))
+    dec = KeyRescoringDecoder(noisy)
+    t, i = 0, 0
+    while t < T:
+        n = chunks[i % len(chunks)]
+        dec.observe_frames(frames[t : t + n])
+        dec.decode(lp[t : t + n])
+        t, i = t + n, i + 1
+    assert dec.decode(np.zeros((0, C)), finish=True) == rescore_offline(lp, frames, noisy)
+
+
+def test_blank_offset_finds_faint_keystrokes_and_the_no_press_class_drops_runs() -> None:
+    T = 30
+    lp = _peaky(T, {20: B})
+    lp[14, A], lp[14, BLANK] = -1.2, -0.4  # a faint "a": blank wins by 0.8 nats
+    frames = np.zeros((T, *SHAPE), np.float32)
+    frames[18:22] = 3.0  # only the "b" at frame 20 has a keystroke's spectrum
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    press = key_vectors(frames, np.array([20]), spec, FPS)[0]
+    # weights: classes a and b score a vector like the pressed one, the no-press class (blank) an empty one
+    w = np.stack([press, press, -press], axis=1)
+    prof = KeyProfile(np.array([A, B, BLANK]), w, np.zeros(3), np.zeros(d), spec, FPS, SHAPE, lam=1.0)
+    assert rescore_offline(lp, frames, prof) == [B]  # offset 0: the faint run never forms
+    prof.blank_offset = 1.0  # now it does, but its frames are empty: the no-press class wins and drops it
+    dec = KeyRescoringDecoder(prof)
+    dec.observe_frames(frames)
+    assert dec.decode(lp, finish=True) == [B]
+    assert dec._centre_n == prof.centre_weight + 1  # the dropped run did not move the centre
+    frames[12:16] = 3.0  # the faint one is a keystroke after all
+    assert rescore_offline(lp, frames, prof) == [A, B]
+
+
+def test_gap_centres_are_half_way_between_presses_far_enough_apart() -> None:
+    np.testing.assert_array_equal(gap_centres(np.array([10, 30, 32, 50]), 4), [20, 41])
+    assert len(gap_centres(np.array([5]), 4)) == 0
 
 
 def test_strong_key_evidence_overrides_a_narrow_model_choice() -> None:
@@ -243,7 +284,9 @@ def test_files_round_trip_and_refuse_damage(tmp_path: Path) -> None:
     prof = _profile(lam=0.7)
     q = KeyProfile.load(prof.save(tmp_path / "keys.npz"))
     np.testing.assert_array_equal(q.weights, prof.weights)
-    assert q.lam == 0.7
+    assert q.lam == 0.7 and q.blank_offset == 0.0
+    prof.blank_offset = 1.25
+    assert KeyProfile.load(prof.save(tmp_path / "keys2.npz")).blank_offset == 1.25
     with pytest.raises(KeyProtoError, match="not a emgkey-keyprior"):
         KeyPrior.load(tmp_path / "keys.npz")  # a profile is not a prior
     (tmp_path / "bad.npz").write_bytes(p.read_bytes()[:100])
