@@ -13,8 +13,8 @@ recording (and what the benchmark runs on simulated recordings):
 4. the best strategy on the held-out slice (deployed engine, int8) is compared with the current model
    (``calibrate.Acceptance``);
 5. when the bundle has a key prior (``emgkey export keyprior``), the user's key prototypes on top of the
-   chosen strategy (``calib_keys``: torch-free; rescoring is enabled only if it does not raise the
-   held-out CER);
+   chosen strategy (``calib_keys``: torch-free; rescoring is enabled unless it adds more than one error
+   on the held-out prompts);
 6. the profile is written either way (``profile_store``: atomic, with the recording), and activated only
    when it wins.
 """
@@ -92,7 +92,7 @@ class CalibrationOutcome:
         k = p.keys
         if k is not None:
             h = k["heldout"]
-            state = "enabled" if k["enabled"] else "not enabled (no gain on the held-out prompts)"
+            state = "enabled" if k["enabled"] else "not enabled (more than one error added on the held-out prompts)"
             lines.append(
                 f"keys     {k['presses']} aligned presses; held-out CER {h['cer_without']:.1f} -> "
                 f"{h['cer_with']:.1f}% with key rescoring: {state}"

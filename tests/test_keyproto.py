@@ -333,3 +333,11 @@ def test_export_keyprior_adds_a_hash_checked_prior_and_keeps_the_model_fingerpri
     (bundle / "keyprior.npz").write_bytes(bytes(data))
     with pytest.raises(KeyProtoError, match="sha256"):
         bundle_key_prior(load_bundle(bundle))
+
+
+def test_keys_are_enabled_unless_they_add_more_than_one_heldout_error() -> None:
+    from emgkey.edge_runtime.calib_keys import keys_help
+
+    assert keys_help({"errors_without": 10, "errors_with": 6})
+    assert keys_help({"errors_without": 10, "errors_with": 11})  # one error on ~25 keys is noise
+    assert not keys_help({"errors_without": 10, "errors_with": 12})
