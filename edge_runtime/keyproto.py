@@ -479,7 +479,8 @@ def fit_profile(
     w, b = lda_weights(means, prior.cov)
     if no_press:
         b[-1] += cfg.no_press_bias
-    info = {"presses": len(vectors), "classes_seen": len(used), "classes": len(prior.classes), "tau": cfg.tau}
+    info: dict[str, Any] = {"presses": len(vectors), "classes_seen": len(used), "classes": len(prior.classes)}
+    info["tau"] = cfg.tau
     info["adaptation"] = "tau" if prior.between is None else "two-covariance"
     info["no_press_gaps"] = 0 if gaps is None else len(gaps)
     return KeyProfile(
