@@ -105,6 +105,18 @@ def _profile(
     return KeyProfile(np.array(classes), w, b, np.zeros(d), spec, FPS, SHAPE, lam, blank_offset=blank_offset)
 
 
+def _streamed(prof: KeyProfile, lp: np.ndarray, frames: np.ndarray, chunks: list[int]) -> list[int]:
+    """The decoder fed frames and emissions in chunks of the given sizes (cycled), then finished."""
+    dec = KeyRescoringDecoder(prof)
+    t, i = 0, 0
+    while t < len(lp):
+        n = chunks[i % len(chunks)]
+        dec.observe_frames(frames[t : t + n])
+        dec.decode(lp[t : t + n])
+        t, i = t + n, i + 1
+    return dec.decode(np.zeros((0, C)), finish=True)
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), chunks=st.lists(st.integers(1, 9), min_size=1, max_size=6))
 def test_streaming_equals_offline_and_lam_zero_is_greedy(seed: int, chunks: list[int]) -> None:
@@ -115,26 +127,12 @@ def test_streaming_equals_offline_and_lam_zero_is_greedy(seed: int, chunks: list
     frames = rng.standard_normal((T, *SHAPE)).astype(np.float32)
     prof = _profile(seed=seed)
     offline = rescore_offline(lp, frames, prof)
-    dec = KeyRescoringDecoder(prof)
-    t, i = 0, 0
-    while t < T:
-        n = chunks[i % len(chunks)]
-        dec.observe_frames(frames[t : t + n])
-        dec.decode(lp[t : t + n])
-        t, i = t + n, i + 1
-    assert dec.decode(np.zeros((0, C)), finish=True) == offline
+    assert _streamed(prof, lp, frames, chunks) == offline
     assert len(offline) == len(greedy_decode(lp))
     assert rescore_offline(lp, frames, _profile(lam=0.0, seed=seed)) == greedy_decode(lp)
     # with a no-press class and a blank offset, streaming still equals offline
     noisy = _profile(seed=seed, classes=(A, B, BLANK), blank_offset=float(rng.uniform(0, 3)))
-    dec = KeyRescoringDecoder(noisy)
-    t, i = 0, 0
-    while t < T:
-        n = chunks[i % len(chunks)]
-        dec.observe_frames(frames[t : t + n])
-        dec.decode(lp[t : t + n])
-        t, i = t + n, i + 1
-    assert dec.decode(np.zeros((0, C)), finish=True) == rescore_offline(lp, frames, noisy)
+    assert _streamed(noisy, lp, frames, chunks) == rescore_offline(lp, frames, noisy)
 
 
 def test_blank_offset_finds_faint_keystrokes_and_the_no_press_class_drops_runs() -> None:
