@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,8 @@ def stage_distill(ctx: DemoContext) -> None:
     """Teacher -> student: CTC + temperature-scaled KL between frame posteriors."""
     data, split = _data(ctx)
     out = ctx.path("runs", "student_distilled")
+    if out.exists():  # a rerun of the demo: `export distill` refuses a used --out, and the teacher may be new
+        shutil.rmtree(out)
     teacher = ctx.path("runs", "teacher", "best.pt")
     args = ["export", "distill", "--teacher", str(teacher), "--student", ctx.cfg.student, "--data", str(data)]
     args += ["--split", str(split), "--out", str(out), "--config", "demo", "--set", f"epochs={ctx.cfg.distill_epochs}"]

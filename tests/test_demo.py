@@ -56,3 +56,24 @@ def test_the_demo_runs_end_to_end(tmp_path: Path):
     assert summary["results"]["stream"]["typed_keys"] > 0
     assert (cfg.out / "report" / "report.md").is_file()
     assert list((cfg.out / "report").glob("*.png")), "the report has plots"
+
+
+def test_a_rerun_distills_afresh_instead_of_refusing_the_used_folder(tmp_path: Path, monkeypatch) -> None:
+    """`export distill` refuses an --out that holds a run; a second `make demo` must not stop there."""
+    import emgkey.demo_pipeline as dp
+    from emgkey.demo import DemoContext
+
+    old = tmp_path / "runs" / "student_distilled"
+    old.mkdir(parents=True)
+    (old / "results.json").write_text("{}")
+    seen = []
+
+    def fake_run(ctx, stage, args):
+        out = Path(args[args.index("--out") + 1])
+        seen.append(out.exists())
+
+    monkeypatch.setattr(dp, "run_cmd", fake_run)
+    monkeypatch.setattr(dp, "_data", lambda ctx: (tmp_path / "data", tmp_path / "split.yaml"))
+    monkeypatch.setattr(dp, "_train_summary", lambda out: {})
+    dp.stage_distill(DemoContext(DemoConfig(out=tmp_path)))
+    assert seen == [False]
