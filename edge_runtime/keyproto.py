@@ -306,7 +306,6 @@ class KeyPrior:
         d = x.shape[1]
         cov = pooled if between is None else (1 - shrinkage) * within + shrinkage * np.trace(within) / d * np.eye(d)
         meta = {"shrinkage": shrinkage, "min_count": min_count, "presses": int(sel.sum()), **(info or {})}
-        meta["sessions_n"] = len(vectors)
         return cls(
             classes.astype(np.int64),
             means,
