@@ -52,7 +52,7 @@ from emgkey import charset
 from emgkey.atomic import atomic_write_bytes
 from emgkey.bundle import Bundle, sha256_file
 from emgkey.errors import EmgkeyError
-from emgkey.lda import lda_stats, lda_weights, within_between
+from emgkey.lda import lda_stats, lda_weights, shrunk, within_between
 
 PRIOR_FORMAT = "emgkey-keyprior"
 PROFILE_FORMAT = "emgkey-keyprofile"
@@ -303,8 +303,7 @@ class KeyPrior:
         yi = np.array([index[int(c)] for c in y[sel]])
         means, pooled = lda_stats(x[sel], yi, len(classes), shrinkage)
         within, between = within_between(x[sel], yi, session[sel], means)
-        d = x.shape[1]
-        cov = pooled if between is None else (1 - shrinkage) * within + shrinkage * np.trace(within) / d * np.eye(d)
+        cov = pooled if between is None else shrunk(within, shrinkage)
         meta = {"shrinkage": shrinkage, "min_count": min_count, "presses": int(sel.sum()), **(info or {})}
         return cls(
             classes.astype(np.int64),

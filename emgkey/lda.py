@@ -21,11 +21,16 @@ def lda_stats(x: F64, y: npt.NDArray[np.int_], n_classes: int, shrinkage: float)
     """
     assert x.ndim == 2 and len(x) == len(y), f"x (N, D) and y (N,) expected, got {x.shape} and {y.shape}"
     assert 0.0 <= shrinkage <= 1.0, f"shrinkage {shrinkage} outside [0, 1]"
-    d = x.shape[1]
     means = np.stack([x[y == k].mean(axis=0) for k in range(n_classes)])  # (K, D)
     resid = x - means[y]  # (N, D)
     cov = resid.T @ resid / max(len(x) - n_classes, 1)  # (D, D)
-    return means, (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
+    return means, shrunk(cov, shrinkage)
+
+
+def shrunk(cov: F64, shrinkage: float) -> F64:
+    """``cov`` pulled towards ``trace / D * I`` by ``shrinkage`` in [0, 1] (Ledoit-Wolf style, fixed weight)."""
+    d = cov.shape[0]
+    return (1 - shrinkage) * cov + shrinkage * np.trace(cov) / d * np.eye(d)
 
 
 def lda_weights(means: F64, cov: F64) -> tuple[F64, F64]:
