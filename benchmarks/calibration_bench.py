@@ -9,8 +9,10 @@ SIMULATED DATA. Users are simulated (``emgkey.firmware_sim``) with ids far from 
 (``--first-user``, default 1000), so none was seen in training. Per user:
 
 - calibration: the user types prompts chosen by ``emgkey calibrate`` from the prompt corpus (session 0),
-  exactly what ``sim://`` gives the CLI (``calib_record.simulated_recording``); the first 15, 30 and 60 s
+  exactly what ``sim://`` gives the CLI (``calib_record.simulated_recording``); the first 30 and 60 s
   of it are the calibration data (each split into fit and held-out prompts by the calibration itself);
+  sessions under 30 s type short phrases instead (``PromptChoice.for_session``: the leading words of corpus
+  sentences), recorded separately from the same day, and the first 15 s of that are the data;
 - evaluation: the same user on another day (session 1: the bands put on again), typing **other** prompts
   for ``--eval-seconds``; CER against the keys actually pressed (typos and ⌫ included, emg2qwerty's
   definition), greedy decoding through the device's streaming runtime (int8 ONNX unless the bundle lacks
@@ -129,19 +131,28 @@ def prepare_users(args: argparse.Namespace, profile_name: str, work: Path) -> li
     from emgkey.profiles import get_profile
 
     profile = get_profile(profile_name)
-    seconds = max(args.seconds)
+    plans: dict[PromptChoice, float] = {}  # each prompt plan (sentences, or phrases for short sessions): longest
+    for s in args.seconds:
+        choice = PromptChoice.for_session(s, seed=args.seed)
+        plans[choice] = max(plans.get(choice, 0.0), s)
     users = []
     for i in range(args.users):
         uid = args.first_user + i
-        choice = PromptChoice(seed=args.seed)
-        calib_prompts = choice.choose(choice.enough_for(seconds), salt=f"user{uid}")
-        rec = simulated_recording(profile, uid, seconds, calib_prompts, session=0, seed=args.population_seed)
-        used = {pid for pid, _ in calib_prompts}
-        extra = PromptChoice(seed=args.seed + 1).choose(choice.enough_for(args.eval_seconds) + len(used), f"e{uid}")
+        used: set[int] = set()
+        calib_by_seconds: dict[str, str] = {}
+        for k, (choice, seconds) in enumerate(plans.items()):
+            calib_prompts = choice.choose(choice.enough_for(seconds), salt=f"user{uid}")
+            rec = simulated_recording(profile, uid, seconds, calib_prompts, session=0, seed=args.population_seed)
+            path = str(rec.save(work / f"user{uid}_calib{'' if k == 0 else k}.npz"))
+            for s in args.seconds:
+                if PromptChoice.for_session(s, seed=args.seed) == choice:
+                    calib_by_seconds[f"{s:g}"] = path
+            used |= {pid for pid, _ in calib_prompts}
+        eval_choice = PromptChoice(seed=args.seed + 1)
+        extra = eval_choice.choose(eval_choice.enough_for(args.eval_seconds) + len(used), f"e{uid}")
         eval_prompts = [t for pid, t in extra if pid not in used]
         minutes = args.eval_seconds / 60.0
         sess = simulate_session(profile, uid, 1, minutes, args.population_seed, eval_prompts)
-        calib_path = rec.save(work / f"user{uid}_calib.npz")
         eval_path, avg_path = work / f"user{uid}_eval.npz", work / f"user{uid}_eval_average_arm.npz"
         _save_eval(eval_path, sess)
         avg = average_arm_population(args.population_seed)
@@ -152,7 +163,7 @@ def prepare_users(args: argparse.Namespace, profile_name: str, work: Path) -> li
         users.append(
             {
                 "user": uid,
-                "calib": str(calib_path),
+                "calib": calib_by_seconds,  # seconds -> recording (session 0; its first `seconds` are used)
                 "eval": str(eval_path),
                 "eval_average_arm": str(avg_path),
                 "keys": keys,
@@ -253,7 +264,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         )
     rows = []
     for u in job["users"]:
-        rec = CalibrationRecording.load(u["calib"])
+        recs = {path: CalibrationRecording.load(path) for path in set(u["calib"].values())}
         if job["with_before"]:
             u_before = evaluate_deployed(job["bundle"], None, u["eval"])
             if u.get("eval_average_arm"):
@@ -263,7 +274,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             row["seconds"] = seconds
             if job["with_before"]:
                 row["before"] = u_before
-            part = rec.head(seconds)
+            part = recs[u["calib"][f"{seconds:g}"]].head(seconds)
             try:
                 t0 = time.perf_counter()
                 if strategy == "scratch":
@@ -537,7 +548,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--formats", default="onnx", help="strategy 2 re-export formats (comma list; '' = the bundle's)")
     p.add_argument(
-        "--min-fit-seconds", type=float, default=4.0, help="fit data a calibration needs (emgkey calibrate: 8)"
+        "--min-fit-seconds", type=float, default=4.0, help="fit data a calibration needs (as emgkey calibrate)"
     )
     p.add_argument("--seed", type=int, default=0, help="prompt choice")
     p.add_argument("--population-seed", type=int, default=0, help="simulated population")

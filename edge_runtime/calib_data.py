@@ -24,7 +24,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -78,29 +78,61 @@ def prompt_targets(text: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PromptChoice:
-    """Which prompts a calibration shows: short sentences of the prompt corpus (not LM text)."""
+    """Which prompts a calibration shows: short sentences of the prompt corpus (not LM text), or for sessions
+    shorter than ``PHRASES_BELOW_S`` the leading phrases of corpus sentences (``for_session``)."""
 
     min_chars: int = 10
     max_chars: int = 24
     seed: int = 0
+    # True: each corpus sentence offers its leading words (as many as fit in max_chars, cut at a space, the
+    # trailing ,;: dropped); False: whole sentences of min_chars..max_chars
+    phrases: bool = False
+
+    PHRASES_BELOW_S: ClassVar[float] = 30.0
+
+    @classmethod
+    def for_session(cls, seconds: float, seed: int = 0) -> PromptChoice:
+        """The choice for a ``seconds`` session: sentences of 10-24 chars, or for a short session phrases of
+        6-14 chars. The simulated typists need 6-14 s for a sentence, so 15 s of sentences hold one finished
+        prompt (nothing left to hold out); 15 s of phrases hold two to four."""
+        if seconds < cls.PHRASES_BELOW_S:
+            return cls(min_chars=4, max_chars=10, seed=seed, phrases=True)
+        return cls(seed=seed)
+
+    def candidate(self, text: str) -> str | None:
+        """What this choice shows for corpus sentence ``text``, or None when it offers nothing."""
+        if "|" in text:  # the sim:// URL separates prompts with it
+            return None
+        if self.phrases:
+            words = text.split()
+            out = ""
+            for w in words:
+                longer = f"{out} {w}" if out else w
+                if len(longer) > self.max_chars:
+                    break
+                out = longer
+            text = out.rstrip(",;:")
+        return text if self.min_chars <= len(text) <= self.max_chars else None
 
     def choose(self, n: int, salt: str = "") -> list[tuple[int, str]]:
         """``n`` distinct ``(corpus id, text)`` prompts, deterministic in ``(seed, salt)`` (e.g. the user name).
 
         Short prompts: more of them fit in a minute, so the held-out slice holds several sentences, and 30 s
         hold two finished ones (one to fit, one held out) even for slow typists (the simulated ones need 6-14 s
-        a prompt; 15 s hold one, too little). Prompts holding ``|`` are skipped (the ``sim://`` URL separates
-        prompts with it).
+        a prompt; 15 s hold one, too little: ``for_session`` gives phrases there). Prompts holding ``|`` are
+        skipped (the ``sim://`` URL separates prompts with it).
         """
         assert n >= 1, "choose at least one prompt"
         prompts = load_prompts()
         salt_seed = int.from_bytes(salt.encode("utf-8")[:8].ljust(8, b"\0"), "little")
         sampler = PromptSampler(seed=(self.seed * 1_000_003 + salt_seed) % (2**62))
         out: list[tuple[int, str]] = []
+        seen: set[str] = set()
         for i in range(len(sampler)):
             pid = sampler.prompt_id(i)
-            text = prompts[pid]
-            if self.min_chars <= len(text) <= self.max_chars and "|" not in text:
+            text = self.candidate(prompts[pid])
+            if text is not None and text not in seen:
+                seen.add(text)
                 out.append((pid, text))
                 if len(out) == n:
                     return out
@@ -110,7 +142,8 @@ class PromptChoice:
 
     def enough_for(self, seconds: float) -> int:
         """Prompts to prepare for ``seconds`` of typing by a fast typist (unused ones are never shown)."""
-        return max(4, math.ceil(seconds / 2.5) + 2)
+        per_prompt_s = 1.5 if self.phrases else 2.5
+        return max(4, math.ceil(seconds / per_prompt_s) + 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -202,7 +235,7 @@ class Segment:
 class DataLimits:
     """What a calibration needs before it is trusted with anything."""
 
-    min_fit_s: float = 8.0  # prompted typing in the fit part
+    min_fit_s: float = 4.0  # prompted typing in the fit part (one short phrase: 15 s sessions hold two or three)
     min_heldout_segments: int = 1
     heldout_fraction: float = 0.25
     max_missing_fraction: float = 0.1  # of the samples, lost on the link

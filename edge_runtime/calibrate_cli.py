@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="strategy 2: the base model's checkpoint (default: manifest's)")
     p.add_argument("--shifts", default=None, help="electrode shifts to try per band, e.g. --shifts=-2,-1,0,1,2")
     p.add_argument("--heldout", type=float, default=0.25, help="fraction of the prompts held out (default 0.25)")
-    p.add_argument("--min-fit-seconds", type=float, default=8.0, help="refuse less prompted typing than this")
+    p.add_argument("--min-fit-seconds", type=float, default=4.0, help="refuse less prompted typing than this")
     p.add_argument("--format", choices=("onnx", "tflite"), default="onnx", help="engine for the held-out comparison")
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8")
     p.add_argument("--threads", type=int, default=1)
@@ -143,7 +143,7 @@ def _record(args: argparse.Namespace, bundle: Any) -> Any:
     from emgkey.edge_runtime.sources import SourceURL, open_source
 
     m = bundle.manifest
-    choice = PromptChoice(seed=args.prompt_seed)
+    choice = PromptChoice.for_session(args.seconds, seed=args.prompt_seed)  # phrases under 30 s
     prompts = choice.choose(choice.enough_for(args.seconds), salt=args.user)
     url = args.source
     is_sim = SourceURL.parse(url).scheme == "sim"

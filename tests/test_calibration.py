@@ -239,6 +239,38 @@ def test_half_a_minute_of_simulated_typing_holds_a_fit_and_a_held_out_prompt(use
     assert len(cal.fit) >= 1 and len(cal.heldout) >= 1, cal.summary()
 
 
+def test_short_sessions_show_leading_phrases_of_corpus_sentences() -> None:
+    from emgkey.corpus import load_prompts
+
+    assert PromptChoice.for_session(30.0) == PromptChoice() == PromptChoice.for_session(60.0)
+    choice = PromptChoice.for_session(15.0, seed=2)
+    assert choice.phrases and choice.seed == 2
+    got = choice.choose(choice.enough_for(15.0), salt="alice")
+    assert len(got) == choice.enough_for(15.0) == len({t for _, t in got})
+    corpus = load_prompts()
+    for pid, text in got:
+        whole = corpus[pid]
+        assert whole.startswith(text) and (len(whole) == len(text) or whole[len(text)] in " ,;:"), (whole, text)
+        assert choice.min_chars <= len(text) <= choice.max_chars and text[-1] not in ",;:"
+    # hand-made cases: words up to max_chars, cut at a space, trailing punctuation dropped
+    short = PromptChoice(min_chars=4, max_chars=10, phrases=True)
+    assert short.candidate("It is like a dream.") == "It is like"
+    assert short.candidate("Yes, my dear, said he.") == "Yes, my"
+    assert short.candidate("Extraordinarily so.") is None  # the first word alone is too long
+    assert short.candidate("Oh a|b c") is None
+
+
+@pytest.mark.parametrize("user", [1000, 1004])
+def test_fifteen_seconds_of_phrases_hold_a_fit_and_a_held_out_prompt(user: int) -> None:
+    # 15 s of sentences hold one finished prompt (refused: nothing to hold out); of phrases, two or three.
+    from emgkey.edge_runtime.calib_record import simulated_recording
+
+    choice = PromptChoice.for_session(15.0)
+    rec = simulated_recording(ARMBAND8, user, 15.0, choice.choose(choice.enough_for(15.0), salt=f"user{user}"))
+    cal = CalibrationSet.from_recording(rec, FeatureConfig.for_profile(ARMBAND8), DataLimits())
+    assert len(cal.fit) >= 1 and len(cal.heldout) >= 1, cal.summary()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The input map the runtime applies
 
