@@ -452,7 +452,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{s['users']} held-out simulated users (ids {s['first_user']}..{s['first_user'] + s['users'] - 1}, "
         f"profile {s['profile']}); calibration on session 0 (first {', '.join(f'{x:g}' for x in s['seconds'])} s of "
-        f"prompted typing), evaluation on session 1 ({s['eval_seconds']:g} s, other prompts). CER in % against the "
+        "prompted typing: sentences, or under 30 s phrases of them in a recording of their own), evaluation on "
+        f"session 1 ({s['eval_seconds']:g} s, other prompts). CER in % against the "
         "keys pressed (greedy, streaming runtime); NLL = CTC negative log-likelihood per key of those keys. "
         f"'deployed' keeps the base model when the calibration did not beat it on its held-out prompts. "
         f"Strategy 2 / scratch time budget {s['budget_s']:g} s of training. Machine: {s['machine']}. "
