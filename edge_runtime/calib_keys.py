@@ -2,7 +2,9 @@
 
 With a key prior in the bundle (``emgkey export keyprior``), the calibration prompts are force-aligned by the
 chosen model (its bundle and input map, the deployed streaming engine), the key vectors at the aligned frames
-move the prior's class means towards the user (``keyproto.fit_profile``), and the result is tried on the
+(read through strategy 1's input map, also when strategy 2 won: its adapter is trained for the CTC model, and
+on users 2000-2007 key vectors through it named keys worse) move the prior's class means towards the user
+(``keyproto.fit_profile``), and the result is tried on the
 held-out prompts: greedy CER with and without rescoring, on the same emissions. Rescoring is *enabled* in the
 profile unless it adds more than one error on the held-out prompts (``keys_help``). The stored ``keys.npz`` is
 then refitted on every prompt (fit and held-out): the decision is made on unseen prompts, the final means use
@@ -120,8 +122,9 @@ def heldout_cer_with_keys(
 ) -> float:
     """Greedy CER with key rescoring on the held-out prompts, through the deployed streaming engine."""
     norm = Deployed(own, normalization, "keys").input_map()
+    key_map = norm if profile.input_map is None else Deployed(own, profile.input_map, "key map").input_map()
     scorer = Scorer(own, cal.features, use="streaming", precision=precision, format=format, threads=threads)
-    return float(_heldout(_emitted(scorer, norm, cal.heldout), norm(cal.features), profile)["cer_with"])
+    return float(_heldout(_emitted(scorer, norm, cal.heldout), key_map(cal.features), profile)["cer_with"])
 
 
 def calibrate_keys(
@@ -134,26 +137,35 @@ def calibrate_keys(
     precision: str = "int8",
     format: str = "onnx",
     threads: int = 1,
+    key_normalization: dict[str, Any] | None = None,
 ) -> KeyCalibration:
-    """``own``/``normalization``: the model the profile will run (the chosen strategy's)."""
+    """``own``/``normalization``: the model the profile will run (the chosen strategy's); ``key_normalization``:
+    the input map the key vectors read the features through (manifest form; None: ``normalization``)."""
     cfg = cfg or KeyFitConfig()
     t0 = time.perf_counter()
     model = Deployed(own, normalization, "chosen")
     norm = model.input_map()
+    key_map = norm if key_normalization is None else Deployed(own, key_normalization, "key map").input_map()
+    key_map_manifest = key_map.to_manifest()
     m = own.manifest
     frame_shape = (m.profile.n_bands, m.profile.channels_per_band, m.features.n_freq)
     if tuple(prior.frame_shape) != frame_shape:
         raise KeyProtoError(f"the key prior is for frames {prior.frame_shape}, the model reads {frame_shape}")
-    frames = norm(cal.features)  # (F, n_bands, C, n_freq): what the model reads
+    frames = key_map(cal.features)  # (F, n_bands, C, n_freq): what the key vectors read
     scorer = Scorer(own, cal.features, use="streaming", precision=precision, format=format, threads=threads)
     fit, held = _emitted(scorer, norm, cal.fit), _emitted(scorer, norm, cal.heldout)  # each prompt runs once
     min_gap = max(1, round(cfg.min_gap_ms * prior.frame_rate_hz / 1000.0))
     x_fit, y_fit, g_fit = _aligned(fit, frames, prior, min_gap)
-    trial = fit_profile(prior, x_fit, y_fit, cfg, g_fit)
+    trial = fit_profile(prior, x_fit, y_fit, cfg, g_fit, key_map_manifest)
     heldout = _heldout(held, frames, trial)
     x_ho, y_ho, g_ho = _aligned(held, frames, prior, min_gap)
     final = fit_profile(
-        prior, np.concatenate([x_fit, x_ho]), np.concatenate([y_fit, y_ho]), cfg, np.concatenate([g_fit, g_ho])
+        prior,
+        np.concatenate([x_fit, x_ho]),
+        np.concatenate([y_fit, y_ho]),
+        cfg,
+        np.concatenate([g_fit, g_ho]),
+        key_map_manifest,
     )
     enabled = keys_help(heldout)
     return KeyCalibration(final, enabled, heldout, time.perf_counter() - t0)

@@ -13,8 +13,8 @@ recording (and what the benchmark runs on simulated recordings):
 4. the best strategy on the held-out slice (deployed engine, int8) is compared with the current model
    (``calibrate.Acceptance``);
 5. when the bundle has a key prior (``emgkey export keyprior``), the user's key prototypes on top of the
-   chosen strategy (``calib_keys``: torch-free; rescoring is enabled unless it adds more than one error
-   on the held-out prompts);
+   chosen strategy, the key vectors read through strategy 1's input map (``calib_keys``: torch-free;
+   rescoring is enabled unless it adds more than one error on the held-out prompts);
 6. the profile is written either way (``profile_store``: atomic, with the recording), and activated only
    when it wins.
 """
@@ -186,8 +186,10 @@ def _key_step(
     opt: CalibrationOptions,
     run_kw: dict[str, Any],
     name: str = KEYS_NAME,
+    key_normalization: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Key prototypes for the chosen strategy, written to ``tmp/<name>``; None when the bundle has no prior.
+    ``key_normalization``: the input map the key vectors read (strategy 1's; None: the strategy's own).
 
     A prior that fails its checks, or too few aligned presses, leaves the profile without keys (and says why
     in its metrics): key rescoring is an addition, never a reason to lose the rest of a calibration.
@@ -201,7 +203,9 @@ def _key_step(
         return None
     own = bundle if best["bundle"] is None else load_bundle(tmp / best["bundle"])
     try:
-        res = calibrate_keys(own, best["normalization"], cal, prior, opt.key_fit, **run_kw)
+        res = calibrate_keys(
+            own, best["normalization"], cal, prior, opt.key_fit, key_normalization=key_normalization, **run_kw
+        )
     except KeyProtoError as exc:
         log.warning("no key profile: %s", exc)
         return {"skipped": str(exc)}
@@ -283,7 +287,9 @@ def calibrate_recording(
             if name != best_name:
                 c["bundle"] = None
         best = candidates[best_name]
-        keys = _key_step(bundle, best, tmp, cal, opt, run_kw) if opt.keys else None
+        # the key vectors read strategy 1's map whichever strategy won (calib_keys' docstring says why)
+        key_norm = candidates["stats"]["normalization"]
+        keys = _key_step(bundle, best, tmp, cal, opt, run_kw, key_normalization=key_norm) if opt.keys else None
         with_keys = bool(keys and keys.get("enabled"))
         new_score = dict(best["heldout"])
         if with_keys:

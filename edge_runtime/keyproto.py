@@ -6,8 +6,9 @@ holds, for most keys, a few presses of the user's own; their spectra tell this u
 the population's do. This module turns that into a cheap decoding step on top of greedy CTC:
 
 1. **Key vectors** (``KeyFeatureSpec``, ``key_vectors``): around a keystroke's emission frame, the mean of the
-   model's input frames (log-spectrogram after the input normalization) in a few time windows (-200..+40 ms
-   by default) and frequency-bin groups, per electrode: (windows x groups x n_bands x C) numbers.
+   log-spectrogram frames in a few time windows (-200..+40 ms by default) and frequency-bin groups, per
+   electrode: (windows x groups x n_bands x C) numbers. A profile reads the device features through its own
+   ``input_map`` (strategy 1's rotation and levels, format 3; formats 1-2: the model's input frames).
 2. **Prior** (``KeyPrior``, in the bundle, written by ``emgkey export keyprior`` from training users): class
    means of the characters pressed often enough, the shrunk covariance of presses around each training
    session's own class means (``cov``, W) and the covariance of those session means around the population's
@@ -56,7 +57,7 @@ from emgkey.lda import lda_stats, lda_weights, shrunk, within_between
 
 PRIOR_FORMAT = "emgkey-keyprior"
 PROFILE_FORMAT = "emgkey-keyprofile"
-FORMAT_VERSION = 2  # key profiles; 2 added ``blank_offset`` and the no-press class (version 1 is read too)
+FORMAT_VERSION = 3  # key profiles; 2 added ``blank_offset`` and the no-press class, 3 ``input_map`` (1, 2 read too)
 PRIOR_FORMAT_VERSION = 2  # 2 added ``between`` (a prior without it is written, and read, as version 1)
 
 
@@ -229,6 +230,7 @@ def _load_fields(
     *,
     optional: tuple[tuple[str, Any], ...] = (),
     optional_floats: tuple[str, ...] = (),
+    optional_header: tuple[str, ...] = (),
     version: int = FORMAT_VERSION,
 ) -> Any:
     """``cls(*arrays, spec, frame_rate_hz, frame_shape, *floats, info, **optional)`` from a ``_save_npz`` file."""
@@ -237,6 +239,7 @@ def _load_fields(
         head = [a[name].astype(dtype) for name, dtype in arrays]
         extra: dict[str, Any] = {name: a[name].astype(dtype) for name, dtype in optional if name in a}
         extra.update({name: float(h[name]) for name in optional_floats if name in h})
+        extra.update({name: h[name] for name in optional_header if h.get(name) is not None})
         frames = [
             KeyFeatureSpec.from_dict(h["spec"]),
             float(h["frame_rate_hz"]),
@@ -376,6 +379,10 @@ class KeyProfile:
     # nats taken off the blank before greedy picks a frame's label: more (and fainter) keystrokes become runs,
     # which the key model then names, or drops when its no-press class (label = blank) wins
     blank_offset: float = 0.0
+    # the input map (manifest form, ``recognizer.FeatureNormalization``) the key vectors read the device features
+    # through (format 3): strategy 1's, also under a fine-tuned model, whose adapter is trained for the CTC model,
+    # not to put the user's keystrokes where the prior's are. None (formats 1-2): the model's own input frames.
+    input_map: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         d, k = self.weights.shape
@@ -406,6 +413,10 @@ class KeyProfile:
             "blank_offset": self.blank_offset,
             "info": self.info,
         }
+        if self.input_map is not None:
+            header["input_map"] = self.input_map
+        else:
+            header["format_version"] = 2  # an emgkey that reads version 2 decodes it the same way
         arrays = {"classes": self.classes, "weights": self.weights, "bias": self.bias, "centre": self.centre}
         return _save_npz(Path(path), header, arrays)
 
@@ -413,7 +424,13 @@ class KeyProfile:
     def load(cls, path: str | Path) -> KeyProfile:
         arrays = (("classes", np.int64), ("weights", np.float64), ("bias", np.float64), ("centre", np.float64))
         return _load_fields(
-            cls, Path(path), PROFILE_FORMAT, arrays, ("lam", "centre_weight"), optional_floats=("blank_offset",)
+            cls,
+            Path(path),
+            PROFILE_FORMAT,
+            arrays,
+            ("lam", "centre_weight"),
+            optional_floats=("blank_offset",),
+            optional_header=("input_map",),
         )
 
 
@@ -450,9 +467,11 @@ def fit_profile(
     labels: np.ndarray,
     cfg: KeyFitConfig,
     gaps: np.ndarray | None = None,
+    input_map: dict[str, Any] | None = None,
 ) -> KeyProfile:
     """A user's profile from their aligned calibration presses: vectors (n, D), labels (n,); ``gaps`` (m, D):
-    key vectors half-way between presses (``gap_centres``), the no-press class when there are ``min_gaps``."""
+    key vectors half-way between presses (``gap_centres``), the no-press class when there are ``min_gaps``;
+    ``input_map``: the map the vectors were read through (manifest form; None: the model's input frames)."""
     assert vectors.ndim == 2 and vectors.shape[1] == prior.means.shape[1], (
         f"({len(vectors)}, {prior.means.shape[1]}) key vectors expected, got {vectors.shape}"
     )
@@ -493,6 +512,7 @@ def fit_profile(
         cfg.centre_weight,
         info,
         cfg.blank_offset if no_press else 0.0,
+        input_map,
     )
 
 
@@ -520,9 +540,11 @@ class _Run:
 class KeyRescoringDecoder:
     """Greedy CTC whose emitted labels are re-chosen with a ``KeyProfile`` (see the module docstring).
 
-    The recognizer calls ``observe_frames(frames)`` with the model's input frames of a chunk, then
-    ``decode(log_probs, timestamps)`` with that chunk's emissions; emission ``e`` describes frame
-    ``e - delay`` (the model's output delay). Frames are kept only as long as a pending run needs them.
+    The recognizer calls ``observe_features(features, model_map)`` with a chunk's device features and the
+    model's input map, then ``decode(log_probs, timestamps)`` with that chunk's emissions; emission ``e``
+    describes frame ``e - delay`` (the model's output delay). The key vectors read the features through the
+    profile's ``input_map`` (format 3), else through the model's. ``observe_frames`` takes frames already
+    mapped (offline). Frames are kept only as long as a pending run needs them.
     """
 
     def __init__(
@@ -540,6 +562,11 @@ class KeyRescoringDecoder:
         self.lookahead = profile.spec.lookahead(profile.frame_rate_hz)
         self.lookback = max(0, -profile.spec.edges(profile.frame_rate_hz)[0])
         self._index = {int(c): i for i, c in enumerate(profile.classes)}
+        self._input_map: Any = None
+        if profile.input_map is not None:
+            from emgkey.edge_runtime.recognizer import FeatureNormalization
+
+            self._input_map = FeatureNormalization.from_manifest(profile.input_map, profile.frame_shape)
         self._frames: list[np.ndarray] = []  # chunks of frames, oldest first
         self._frames_first = 0  # absolute index of self._frames[0][0]
         self._frames_seen = 0
@@ -557,8 +584,13 @@ class KeyRescoringDecoder:
         self.labels: list[int] = []
         self.timestamps: list[float] = []
 
+    def observe_features(self, features: np.ndarray, model_map: Callable[[np.ndarray], np.ndarray]) -> None:
+        """features (n, n_bands, C, n_freq): the device features of the frames going into the model, in order;
+        ``model_map``: the model's input map (what a profile without its own ``input_map`` reads through)."""
+        self.observe_frames((self._input_map if self._input_map is not None else model_map)(features))
+
     def observe_frames(self, frames: np.ndarray) -> None:
-        """frames (n, n_bands, C, n_freq): the model's input frames, in order, as they go into the model."""
+        """frames (n, n_bands, C, n_freq): the frames key vectors are read from, in order (already mapped)."""
         if len(frames):
             self._frames.append(np.asarray(frames, dtype=np.float32))
             self._frames_seen += len(frames)

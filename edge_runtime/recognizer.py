@@ -15,10 +15,12 @@
 What the stream does with samples:
 
 1. Features, incrementally (``emgkey.features.StreamingFeaturizer``: bit-exact with the offline
-   features, whatever the block sizes), then the bundle's input normalization (``FeatureNormalization``:
-   identity unless the manifest's ``normalization`` says otherwise -- a per-user calibration writes it).
+   features, whatever the block sizes).
 2. Frames wait in a bounded ring buffer until a whole chunk (``chunk_frames``, from the manifest) is
-   there; the model gets exactly that many frames per call. Only a segment's last partial chunk (at a
+   there; the model gets exactly that many frames per call, through the bundle's input normalization
+   (``FeatureNormalization``: identity unless the manifest's ``normalization`` says otherwise -- a
+   per-user calibration writes it). A decoder with ``observe_features(features, model_map)`` (key
+   rescoring) gets each chunk's device features and that map first. Only a segment's last partial chunk (at a
    long gap or when input is finished) is shorter, and is padded by repeating its last frame for graphs
    with a fixed chunk length; the padded frames' emissions are dropped.
 3. Emissions go to the decoder with timestamps. Emission ``j`` of a segment describes feature frame
@@ -492,13 +494,14 @@ class Recognizer:
         limit = (nxt.first_frame if nxt is not None else q.tail) - q.head
         m = self.signature.chunk_frames
         n = min(m, limit)
-        frames, arrival = q.pop(n)  # (n, n_bands, C, n_freq), (n,)
+        feats, arrival = q.pop(n)  # (n, n_bands, C, n_freq) device features, (n,)
+        frames = self.normalization(feats)  # what the model reads
         x = frames[:, None]  # (n, 1, n_bands, C, n_freq)
         if n < m and self.engine.fixed_chunk:
             x = np.concatenate([x, np.repeat(x[-1:], m - n, axis=0)], axis=0)  # (m, 1, ...) last frame repeated
-        observe = getattr(stream._decoder, "observe_frames", None)
-        if observe is not None:  # a decoder that reads the model's input too (keyproto.KeyRescoringDecoder)
-            observe(frames)
+        observe = getattr(stream._decoder, "observe_features", None)
+        if observe is not None:  # a decoder that reads the features too (keyproto.KeyRescoringDecoder)
+            observe(feats, self.normalization)
         t0 = time.perf_counter()
         log_probs, stream._model_state = self.engine.run(x, stream._model_state)
         t1 = time.perf_counter()
@@ -553,9 +556,7 @@ class StreamState:
         if len(samples) == 0:
             return
         t0 = time.perf_counter()
-        feats = self._featurizer.accept(samples)  # (k, n_bands, C, n_freq)
-        if len(feats):
-            feats = r.normalization(feats)
+        feats = self._featurizer.accept(samples)  # (k, n_bands, C, n_freq); normalized by step()
         t1 = time.perf_counter()
         self._sample_clock += len(samples)
         self.stats.samples += len(samples)

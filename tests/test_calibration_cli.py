@@ -21,6 +21,7 @@ from test_calibration import add_reference, sim_features
 from emgkey.benchmarks.toy_bundle import KeyedToyModel, build_toy_bundle, keyed_emg
 from emgkey.cli import main
 from emgkey.edge_runtime.calib_data import CalibrationRecording, PromptChoice, PromptSpan
+from emgkey.edge_runtime.keyproto import KeyProfile
 from emgkey.edge_runtime.profile_store import ProfileStore, load_key_profile
 from emgkey.features import FeatureConfig, compute_features
 from emgkey.metrics import cer
@@ -292,6 +293,8 @@ def test_key_prototypes_are_calibrated_kept_with_the_profile_and_used_by_run(
     assert keys["enabled"] == (h["errors_with"] <= h["errors_without"] + 1)
     prof = ProfileStore(bundle, "erin").active()
     assert prof is not None and (prof.path / "keys.npz").is_file()
+    # the key vectors read strategy 1's map (here also the model's), stored in the key profile (format 3)
+    assert KeyProfile.load(prof.path / "keys.npz").input_map == prof.normalization
 
     eval_emg, target, _ = _rotated_recording(15.0, shift, seed=4)
     url = f"replay://{_write_session(tmp_path / 'eval.hdf5', eval_emg)}?speed=max"
@@ -361,3 +364,36 @@ def test_keys_alone_on_the_base_model_when_no_strategy_wins(keyed: Path, tmp_pat
     assert p.bundle is None and p.normalization == {"kind": "identity"}
     assert sha256_file(p.path / "keys.npz") == p.keys["sha256"] and not (p.path / "keys_base.npz").exists()
     assert set(out.candidates) == {"stats", "keys"}
+    assert KeyProfile.load(p.path / "keys.npz").input_map == {"kind": "identity"}  # the base model's own map
+
+
+def test_key_vectors_can_read_another_map_than_the_models(keyed: Path, tmp_path: Path) -> None:
+    """Under strategy 2 the keys read strategy 1's map: ``calibrate_keys(key_normalization=...)`` uses and
+    stores that map, and the held-out check reads the features through it."""
+    import shutil
+
+    from emgkey.bundle import load_bundle
+    from emgkey.edge_runtime.calib_data import CalibrationSet
+    from emgkey.edge_runtime.calib_keys import calibrate_keys, heldout_cer_with_keys
+    from emgkey.edge_runtime.keyproto import bundle_key_prior
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(keyed, bundle, ignore=shutil.ignore_patterns("profiles"))
+    _add_keyed_prior(bundle)
+    b = load_bundle(bundle)
+    emg, _, spans = _rotated_recording(40.0, (0, 0), seed=6)
+    cal = CalibrationSet.from_recording(CalibrationRecording(ARMBAND8, emg, spans, "t"), b.manifest.features)
+    prior = bundle_key_prior(b)
+    assert prior is not None
+    model_map = {"kind": "identity"}
+    key_map = {"kind": "affine", "scale": 1.0, "offset": 3.0}  # a level shift: the centred key vectors ignore it
+    ident = calibrate_keys(b, model_map, cal, prior)
+    other = calibrate_keys(b, model_map, cal, prior, key_normalization=key_map)
+    assert ident.profile.input_map == {"kind": "identity"}
+    assert other.profile.input_map is not None and other.profile.input_map["kind"] == "affine"
+    np.testing.assert_allclose(other.profile.centre, ident.profile.centre + 3.0, atol=1e-4)
+    assert other.heldout == ident.heldout
+    assert heldout_cer_with_keys(b, model_map, cal, other.profile) == ident.heldout["cer_with"]
+    twice = {"kind": "affine", "scale": 2.0, "offset": 0.0}
+    doubled = calibrate_keys(b, model_map, cal, prior, key_normalization=twice)
+    np.testing.assert_allclose(doubled.profile.centre, 2 * ident.profile.centre, rtol=1e-4, atol=1e-4)

@@ -157,6 +157,31 @@ def test_blank_offset_finds_faint_keystrokes_and_the_no_press_class_drops_runs()
     assert rescore_offline(lp, frames, prof) == [A, B]
 
 
+def test_key_vectors_read_the_profiles_own_input_map_else_the_models() -> None:
+    """Format 3: the decoder maps the device features itself (strategy 1's map), not through the model's."""
+    from emgkey.edge_runtime.recognizer import FeatureNormalization
+
+    rng = np.random.default_rng(3)
+    T = 50
+    lp = _peaky(T, {int(t): int(rng.choice([A, B])) for t in (8, 17, 26, 35, 44)}, rng)
+    feats = rng.standard_normal((T, *SHAPE)).astype(np.float32)
+    key_map = {"kind": "affine", "scale": 2.0, "offset": [[[0.5], [-1.0]]], "channel_shift": [1]}
+    model_map = FeatureNormalization(scale=np.float32(0.25) * np.ones(SHAPE, np.float32))
+    mapped = FeatureNormalization.from_manifest(key_map, SHAPE)(feats)
+    prof = _profile(seed=5, lam=3.0)
+    own = KeyProfile(**{**prof.__dict__, "input_map": key_map})
+    outs = {}
+    for name, p in (("own", own), ("model", prof)):
+        dec = KeyRescoringDecoder(p)
+        for t in range(0, T, 7):
+            dec.observe_features(feats[t : t + 7], model_map)
+            dec.decode(lp[t : t + 7])
+        outs[name] = dec.decode(np.zeros((0, C)), finish=True)
+    assert outs["own"] == rescore_offline(lp, mapped, own)
+    assert outs["model"] == rescore_offline(lp, model_map(feats), prof)
+    assert outs["own"] != outs["model"]  # the map matters: the same weights name other keys
+
+
 def test_gap_centres_are_half_way_between_presses_far_enough_apart() -> None:
     np.testing.assert_array_equal(gap_centres(np.array([10, 30, 32, 50]), 4), [20, 41])
     assert len(gap_centres(np.array([5]), 4)) == 0
@@ -285,6 +310,15 @@ def test_files_round_trip_and_refuse_damage(tmp_path: Path) -> None:
     assert q.lam == 0.7 and q.blank_offset == 0.0
     prof.blank_offset = 1.25
     assert KeyProfile.load(prof.save(tmp_path / "keys2.npz")).blank_offset == 1.25
+    import json as _json
+
+    with np.load(tmp_path / "keys2.npz") as z:  # no input map: written as version 2, which older emgkeys read
+        assert _json.loads(str(z["header"]))["format_version"] == 2
+    prof.input_map = {"kind": "affine", "scale": 2.0, "offset": 0.0, "channel_shift": [1]}
+    q3 = KeyProfile.load(prof.save(tmp_path / "keys3.npz"))
+    assert q3.input_map == prof.input_map and q.input_map is None
+    with np.load(tmp_path / "keys3.npz") as z:  # an older emgkey refuses it rather than read the wrong frames
+        assert _json.loads(str(z["header"]))["format_version"] == 3
     with pytest.raises(KeyProtoError, match="not a emgkey-keyprior"):
         KeyPrior.load(tmp_path / "keys.npz")  # a profile is not a prior
     (tmp_path / "bad.npz").write_bytes(p.read_bytes()[:100])
