@@ -6,7 +6,10 @@ chosen model (its bundle and input map, the deployed streaming engine), the key 
 on users 2000-2007 key vectors through it named keys worse) move the prior's class means towards the user
 (``keyproto.fit_profile``), and the result is tried on the
 held-out prompts: greedy CER with and without rescoring, on the same emissions. Rescoring is *enabled* in the
-profile unless it adds more than one error on the held-out prompts (``keys_help``). The stored ``keys.npz`` is
+profile unless it adds more than one error on the held-out prompts (``keys_help``), judged on the emissions of a
+model the held-out slice did not tune (``gate_model``: strategy 1's, when strategy 2 early-stopped on that slice
+and its greedy score there is optimistic; users 2000-2007 and 1000-1007: the only users whose keys the gate
+turned off were fine-tuned ones, and on the evaluation data the keys would have helped each). The stored ``keys.npz`` is
 then refitted on every prompt (fit and held-out): the decision is made on unseen prompts, the final means use
 the whole minute.
 """
@@ -43,11 +46,12 @@ from emgkey.metrics import EditCounts, edit_counts
 class KeyCalibration:
     profile: KeyProfile  # fitted on every prompt
     enabled: bool
-    heldout: dict[str, float]  # {"cer_without", "cer_with", "keys"}
+    heldout: dict[str, float]  # {"cer_without", "cer_with", "keys"}: the chosen model's held-out prompts
     seconds: float
+    gate: dict[str, float] | None = None  # the same on the gate model's emissions, when it is another model
 
     def manifest_entry(self, path: str, sha256: str) -> dict[str, Any]:
-        return {
+        entry = {
             "path": path,
             "sha256": sha256,
             "enabled": self.enabled,
@@ -56,6 +60,9 @@ class KeyCalibration:
             "presses": self.profile.info.get("presses"),
             "classes_seen": self.profile.info.get("classes_seen"),
         }
+        if self.gate is not None:
+            entry["gate"] = self.gate
+        return entry
 
 
 Emitted = Sequence[tuple[Segment, np.ndarray]]  # each prompt with its log-probs: emission j is frame start + j
@@ -138,9 +145,11 @@ def calibrate_keys(
     format: str = "onnx",
     threads: int = 1,
     key_normalization: dict[str, Any] | None = None,
+    gate_model: tuple[Bundle, dict[str, Any] | None] | None = None,
 ) -> KeyCalibration:
     """``own``/``normalization``: the model the profile will run (the chosen strategy's); ``key_normalization``:
-    the input map the key vectors read the features through (manifest form; None: ``normalization``)."""
+    the input map the key vectors read the features through (manifest form; None: ``normalization``);
+    ``gate_model``: (bundle, input map) whose held-out emissions decide ``enabled`` (None: the chosen model)."""
     cfg = cfg or KeyFitConfig()
     t0 = time.perf_counter()
     model = Deployed(own, normalization, "chosen")
@@ -158,6 +167,12 @@ def calibrate_keys(
     x_fit, y_fit, g_fit = _aligned(fit, frames, prior, min_gap)
     trial = fit_profile(prior, x_fit, y_fit, cfg, g_fit, key_map_manifest)
     heldout = _heldout(held, frames, trial)
+    gate = None
+    if gate_model is not None:
+        g_bundle, g_norm = gate_model
+        g_map = Deployed(g_bundle, g_norm, "gate").input_map()
+        g_scorer = Scorer(g_bundle, cal.features, use="streaming", precision=precision, format=format, threads=threads)
+        gate = _heldout(_emitted(g_scorer, g_map, cal.heldout), frames, trial)
     x_ho, y_ho, g_ho = _aligned(held, frames, prior, min_gap)
     final = fit_profile(
         prior,
@@ -167,5 +182,5 @@ def calibrate_keys(
         np.concatenate([g_fit, g_ho]),
         key_map_manifest,
     )
-    enabled = keys_help(heldout)
-    return KeyCalibration(final, enabled, heldout, time.perf_counter() - t0)
+    enabled = keys_help(heldout if gate is None else gate)
+    return KeyCalibration(final, enabled, heldout, time.perf_counter() - t0, gate)

@@ -187,9 +187,11 @@ def _key_step(
     run_kw: dict[str, Any],
     name: str = KEYS_NAME,
     key_normalization: dict[str, Any] | None = None,
+    gate_model: tuple[Bundle, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any] | None:
     """Key prototypes for the chosen strategy, written to ``tmp/<name>``; None when the bundle has no prior.
-    ``key_normalization``: the input map the key vectors read (strategy 1's; None: the strategy's own).
+    ``key_normalization``: the input map the key vectors read (strategy 1's; None: the strategy's own);
+    ``gate_model``: the model whose held-out emissions decide whether the keys are enabled (None: the chosen).
 
     A prior that fails its checks, or too few aligned presses, leaves the profile without keys (and says why
     in its metrics): key rescoring is an addition, never a reason to lose the rest of a calibration.
@@ -204,7 +206,14 @@ def _key_step(
     own = bundle if best["bundle"] is None else load_bundle(tmp / best["bundle"])
     try:
         res = calibrate_keys(
-            own, best["normalization"], cal, prior, opt.key_fit, key_normalization=key_normalization, **run_kw
+            own,
+            best["normalization"],
+            cal,
+            prior,
+            opt.key_fit,
+            key_normalization=key_normalization,
+            gate_model=gate_model,
+            **run_kw,
         )
     except KeyProtoError as exc:
         log.warning("no key profile: %s", exc)
@@ -287,9 +296,15 @@ def calibrate_recording(
             if name != best_name:
                 c["bundle"] = None
         best = candidates[best_name]
-        # the key vectors read strategy 1's map whichever strategy won (calib_keys' docstring says why)
+        # the key vectors read strategy 1's map whichever strategy won, and strategy 2 (early-stopped on the
+        # held-out prompts) leaves the keys' enabling to strategy 1's model (calib_keys' docstring says why)
         key_norm = candidates["stats"]["normalization"]
-        keys = _key_step(bundle, best, tmp, cal, opt, run_kw, key_normalization=key_norm) if opt.keys else None
+        gate = (bundle, key_norm) if best_name == "finetune" else None
+        keys = (
+            _key_step(bundle, best, tmp, cal, opt, run_kw, key_normalization=key_norm, gate_model=gate)
+            if opt.keys
+            else None
+        )
         with_keys = bool(keys and keys.get("enabled"))
         new_score = dict(best["heldout"])
         if with_keys:

@@ -397,3 +397,13 @@ def test_key_vectors_can_read_another_map_than_the_models(keyed: Path, tmp_path:
     twice = {"kind": "affine", "scale": 2.0, "offset": 0.0}
     doubled = calibrate_keys(b, model_map, cal, prior, key_normalization=twice)
     np.testing.assert_allclose(doubled.profile.centre, 2 * ident.profile.centre, rtol=1e-4, atol=1e-4)
+
+    # the gate: another model's held-out emissions decide whether the keys are enabled (strategy 1's, under 2)
+    same = calibrate_keys(b, model_map, cal, prior, gate_model=(b, model_map))
+    assert same.gate == same.heldout and same.enabled == ident.enabled and ident.gate is None
+    from emgkey.edge_runtime.calib_keys import keys_help
+
+    blind = calibrate_keys(b, model_map, cal, prior, gate_model=(b, {"kind": "affine", "scale": 0.0, "offset": 0.0}))
+    assert blind.gate is not None and blind.gate != blind.heldout and blind.heldout == ident.heldout
+    assert blind.enabled == keys_help(blind.gate)
+    assert blind.manifest_entry("k.npz", "x")["gate"] == blind.gate and "gate" not in ident.manifest_entry("k", "x")
