@@ -63,6 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", default=None, help="apply this user's active calibration profile (emgkey calibrate)")
     p.add_argument("--profile", default=None, help="with --user: this profile id instead of the active one, or 'base'")
     p.add_argument("--no-keys", action="store_true", help="with --user: do not apply the profile's key rescoring")
+    p.add_argument(
+        "--static-keys",
+        action="store_true",
+        help="with --user: the profile's keys as calibrated (by default they keep learning while you type)",
+    )
     p.set_defaults(func=_run)
 
     lm = sub.add_parser("lm", help="character n-gram language model: build an ARPA file, evaluate it")
@@ -265,7 +270,7 @@ def _run_stream(args: argparse.Namespace) -> int:
         else:
             from emgkey.edge_runtime.keyproto import key_decoder_factory
 
-            factory = key_decoder_factory(key_profile, m)
+            factory = key_decoder_factory(key_profile, m, adapt=not args.static_keys)
     recognizer = Recognizer(engine, m.features, factory, m, RecognizerConfig(endpoint=endpoint), normalization)
     source = open_source(args.source, profile=m.profile)
 

@@ -31,6 +31,11 @@ the population's do. This module turns that into a cheap decoding step on top of
    the keys through the blank's log-prob, and a run it wins is dropped. On users 2000-2007 the two together
    cut deletions more than they added insertions and substitutions (docs/calibration.md).
 
+6. **Keys keep learning while the user types** (profile format 3, ``keyadapt``): each press the decoder names
+   with a combined posterior of at least ``adapt_min_posterior`` adds ``adapt_weight`` presses to that key's
+   sums, and the key's mean and LDA column are re-derived by the rule of step 3 (per stream; the file is not
+   changed).
+
 Partial results show the model's own labels for runs still waiting for their look-ahead; ``finish=True`` (the
 end of a segment) rescores them with what there is.
 """
@@ -52,12 +57,13 @@ import numpy as np
 from emgkey import charset
 from emgkey.atomic import atomic_write_bytes
 from emgkey.bundle import Bundle, sha256_file
+from emgkey.edge_runtime.keyadapt import KeyAdaptation, generalized_basis
 from emgkey.errors import EmgkeyError
 from emgkey.lda import lda_stats, lda_weights, shrunk, within_between
 
 PRIOR_FORMAT = "emgkey-keyprior"
 PROFILE_FORMAT = "emgkey-keyprofile"
-FORMAT_VERSION = 3  # key profiles; 2 added ``blank_offset`` and the no-press class, 3 ``input_map`` (1, 2 read too)
+FORMAT_VERSION = 3  # key profiles; 2 added ``blank_offset`` and the no-press class, 3 ``input_map`` and ``adapt``
 PRIOR_FORMAT_VERSION = 2  # 2 added ``between`` (a prior without it is written, and read, as version 1)
 
 
@@ -232,14 +238,21 @@ def _load_fields(
     optional_floats: tuple[str, ...] = (),
     optional_header: tuple[str, ...] = (),
     version: int = FORMAT_VERSION,
+    collect: tuple[str, Any] | None = None,
 ) -> Any:
-    """``cls(*arrays, spec, frame_rate_hz, frame_shape, *floats, info, **optional)`` from a ``_save_npz`` file."""
+    """``cls(*arrays, spec, frame_rate_hz, frame_shape, *floats, info, **optional)`` from a ``_save_npz`` file;
+    ``collect = (name, ctor)``: the optional values named ``<name>_*`` become ``name=ctor(**those)``."""
     h, a = _load_npz(path, fmt, version)
     try:
         head = [a[name].astype(dtype) for name, dtype in arrays]
         extra: dict[str, Any] = {name: a[name].astype(dtype) for name, dtype in optional if name in a}
         extra.update({name: float(h[name]) for name in optional_floats if name in h})
         extra.update({name: h[name] for name in optional_header if h.get(name) is not None})
+        if collect is not None:
+            group, ctor = collect
+            parts = {k[len(group) + 1 :]: extra.pop(k) for k in list(extra) if k.startswith(group + "_")}
+            if parts:
+                extra[group] = ctor(**parts)
         frames = [
             KeyFeatureSpec.from_dict(h["spec"]),
             float(h["frame_rate_hz"]),
@@ -383,6 +396,8 @@ class KeyProfile:
     # through (format 3): strategy 1's, also under a fine-tuned model, whose adapter is trained for the CTC model,
     # not to put the user's keystrokes where the prior's are. None (formats 1-2): the model's own input frames.
     input_map: dict[str, Any] | None = None
+    # what the decoder needs to keep moving the class means with the presses it names (format 3, ``keyadapt``)
+    adapt: KeyAdaptation | None = None
 
     def __post_init__(self) -> None:
         d, k = self.weights.shape
@@ -413,25 +428,39 @@ class KeyProfile:
             "blank_offset": self.blank_offset,
             "info": self.info,
         }
+        arrays = {"classes": self.classes, "weights": self.weights, "bias": self.bias, "centre": self.centre}
         if self.input_map is not None:
             header["input_map"] = self.input_map
-        else:
+        a = self.adapt
+        if a is not None:
+            header["adapt_weight"], header["adapt_min_posterior"] = a.weight, a.min_posterior
+            arrays.update(
+                adapt_prior_means=a.prior_means,
+                adapt_basis=a.basis,
+                adapt_eig=a.eig,
+                adapt_sums=a.sums,
+                adapt_counts=a.counts,
+            )
+        if self.input_map is None and a is None:
             header["format_version"] = 2  # an emgkey that reads version 2 decodes it the same way
-        arrays = {"classes": self.classes, "weights": self.weights, "bias": self.bias, "centre": self.centre}
         return _save_npz(Path(path), header, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> KeyProfile:
         arrays = (("classes", np.int64), ("weights", np.float64), ("bias", np.float64), ("centre", np.float64))
-        return _load_fields(
+        adapt = tuple((f"adapt_{n}", np.float64) for n in ("prior_means", "basis", "eig", "sums", "counts"))
+        prof: KeyProfile = _load_fields(
             cls,
             Path(path),
             PROFILE_FORMAT,
             arrays,
             ("lam", "centre_weight"),
-            optional_floats=("blank_offset",),
+            optional=adapt,
+            optional_floats=("blank_offset", "adapt_weight", "adapt_min_posterior"),
             optional_header=("input_map",),
+            collect=("adapt", KeyAdaptation),
         )
+        return prof
 
 
 @dataclass(frozen=True)
@@ -446,6 +475,12 @@ class KeyFitConfig:
     no_press_bias: float = 1.0  # nats added to the no-press class's score
     min_gaps: int = 20  # gaps needed for the no-press class (fewer: no class, and no blank offset)
     min_gap_ms: float = 80.0  # presses closer than this leave no gap example between them
+    # keep learning while the user types (``keyadapt``; two-covariance priors only): a decoded press whose combined
+    # posterior is at least ``adapt_min_posterior`` counts ``adapt_weight`` presses of its key (0: static keys)
+    # (0.5, 0.9): users 2000-2007, offline over GRU, BiLSTM and TCN profiles: (1, 0.7) gained more with the TCN
+    # and the BiLSTM but cost the GRU 0.5-1.5 CER points; (0.5, 0.9) gained with every model but one strategy
+    adapt_weight: float = 0.5
+    adapt_min_posterior: float = 0.9
 
 
 def _map_mean(prior: KeyPrior, mean: np.ndarray, user_mean: np.ndarray, n: int, tau: float) -> np.ndarray:
@@ -496,6 +531,12 @@ def fit_profile(
     w, b = lda_weights(means, prior.cov)
     if no_press:
         b[-1] += cfg.no_press_bias
+    adapt = None
+    if prior.between is not None and cfg.adapt_weight > 0:
+        basis, eig = generalized_basis(prior.between, prior.cov)
+        sums = np.stack([x[labels == c].sum(axis=0) for c in prior.classes])  # (K0, D)
+        counts = np.array([float((labels == c).sum()) for c in prior.classes])
+        adapt = KeyAdaptation(prior.means, basis, eig, sums, counts, cfg.adapt_weight, cfg.adapt_min_posterior)
     info: dict[str, Any] = {"presses": len(vectors), "classes_seen": len(used), "classes": len(prior.classes)}
     info["tau"] = cfg.tau
     info["adaptation"] = "tau" if prior.between is None else "two-covariance"
@@ -513,6 +554,7 @@ def fit_profile(
         info,
         cfg.blank_offset if no_press else 0.0,
         input_map,
+        adapt,
     )
 
 
@@ -554,7 +596,10 @@ class KeyRescoringDecoder:
         delay: int = 0,
         blank: int = charset.BLANK,
         num_classes: int = charset.NUM_CLASSES,
+        adapt: bool = True,
     ) -> None:
+        """``adapt``: let the profile's class means keep learning from the presses this stream names (when the
+        profile carries a ``KeyAdaptation``); False: the profile as calibrated."""
         self.profile = profile
         self.delay = delay
         self.blank = blank
@@ -573,6 +618,11 @@ class KeyRescoringDecoder:
         self._emitted = 0  # absolute emission index of the next emission
         self._centre_sum = profile.centre * profile.centre_weight
         self._centre_n = profile.centre_weight
+        # this stream's copy of the key model: adaptation changes the columns of the keys it learns
+        self._weights, self._bias = profile.weights.copy(), profile.bias.copy()
+        a = profile.adapt
+        self._adapt = a.copy() if adapt and a is not None and a.weight > 0 else None
+        self.adapted = 0  # presses learnt from so far
         self.reset()
 
     def reset(self) -> None:
@@ -667,32 +717,53 @@ class KeyRescoringDecoder:
         x = key_vectors(frames, np.array([centre_frame]), p.spec, p.frame_rate_hz)[0]  # (D,)
         self._centre_sum = self._centre_sum + x
         self._centre_n += 1.0
-        lp_key = p.log_posterior((x - self._centre_sum / self._centre_n)[None])[0]  # (K,)
+        z = x - self._centre_sum / self._centre_n  # (D,) centred
+        s = z @ self._weights + self._bias
+        lp_key = s - np.logaddexp.reduce(s)  # (K,) the key model's log-posterior
         score = run.row[p.classes] + p.lam * lp_key  # the no-press class (label blank) reads the blank's log-prob
-        label = int(p.classes[int(np.argmax(score))])
+        j = int(np.argmax(score))
+        label = int(p.classes[j])
         if label == self.blank:  # not a keystroke: the centre stays the mean of keystrokes
             self._centre_sum = self._centre_sum - x
             self._centre_n -= 1.0
+        elif self._adapt is not None and j < len(self._adapt.counts):
+            self._learn(j, z, float(np.exp(score[j] - np.logaddexp.reduce(score))))
         return label
+
+    def _learn(self, j: int, z: np.ndarray, posterior: float) -> None:
+        """One more press of prior class ``j`` (centred vector ``z``) if the decoder was sure enough of it."""
+        a = self._adapt
+        assert a is not None
+        if posterior < a.min_posterior:
+            return
+        a.sums[j] += a.weight * z
+        a.counts[j] += a.weight
+        self._weights[:, j], self._bias[j] = a.column(a.mean(j, a.sums[j], a.counts[j]))
+        self.adapted += 1
 
     @property
     def text(self) -> str:
         return charset.labels_to_str(self.labels)
 
 
-def key_decoder_factory(profile: KeyProfile, manifest: Any) -> Callable[[], KeyRescoringDecoder]:
-    """Fresh rescoring decoders for a bundle's streaming model (its output delay, classes, blank)."""
+def key_decoder_factory(
+    profile: KeyProfile, manifest: Any, adapt: bool = True
+) -> Callable[[], KeyRescoringDecoder]:
+    """Fresh rescoring decoders for a bundle's streaming model (its output delay, classes, blank); ``adapt``:
+    keys keep learning while the user types (when the profile allows it)."""
     prof = manifest.profile
     frame_shape = (prof.n_bands, prof.channels_per_band, manifest.features.n_freq)
     profile.check_frames(frame_shape, manifest.features.frame_rate_hz)
     delay = int(manifest.streaming.output_delay_frames)
     blank = int(manifest.charset.get("blank", charset.BLANK))
     num_classes = int(manifest.streaming.log_probs.shape[-1])
-    return lambda: KeyRescoringDecoder(profile, delay=delay, blank=blank, num_classes=num_classes)
+    return lambda: KeyRescoringDecoder(profile, delay=delay, blank=blank, num_classes=num_classes, adapt=adapt)
 
 
-def rescore_offline(log_probs: np.ndarray, frames: np.ndarray, profile: KeyProfile, delay: int = 0) -> list[int]:
+def rescore_offline(
+    log_probs: np.ndarray, frames: np.ndarray, profile: KeyProfile, delay: int = 0, adapt: bool = True
+) -> list[int]:
     """The decoder over a whole segment: log_probs (T, classes), frames (T', n_bands, C, n_freq), T' >= T - delay."""
-    dec = KeyRescoringDecoder(profile, delay=delay, num_classes=log_probs.shape[1])
+    dec = KeyRescoringDecoder(profile, delay=delay, num_classes=log_probs.shape[1], adapt=adapt)
     dec.observe_frames(frames)
     return list(dec.decode(log_probs, finish=True))

@@ -373,3 +373,127 @@ def test_keys_are_enabled_unless_they_add_more_than_one_heldout_error() -> None:
     assert keys_help({"errors_without": 10, "errors_with": 6})
     assert keys_help({"errors_without": 10, "errors_with": 11})  # one error on ~25 keys is noise
     assert not keys_help({"errors_without": 10, "errors_with": 12})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Keys that keep learning while the user types (keyadapt)
+
+
+def _spd(rng: np.random.Generator, d: int, scale: float = 1.0) -> np.ndarray:
+    a = rng.standard_normal((d, d))
+    return scale * (a @ a.T / d + 0.5 * np.eye(d))
+
+
+def test_generalized_basis_whitens_within_and_diagonalizes_between() -> None:
+    from emgkey.edge_runtime.keyadapt import generalized_basis
+
+    rng = np.random.default_rng(0)
+    w, b = _spd(rng, 7), _spd(rng, 7, 3.0)
+    v, eig = generalized_basis(b, w)
+    np.testing.assert_allclose(v.T @ w @ v, np.eye(7), atol=1e-9)
+    np.testing.assert_allclose(v.T @ b @ v, np.diag(eig), atol=1e-9)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 40))
+def test_adaptation_recomputes_what_fit_profile_computed(seed: int, n: int) -> None:
+    """The decoder's per-class update is the fitting rule itself: same means, same LDA columns."""
+    from emgkey.edge_runtime.keyproto import _map_mean
+    from emgkey.lda import lda_weights
+
+    rng = np.random.default_rng(seed)
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    means = rng.standard_normal((2, d))
+    prior = KeyPrior(np.array([A, B]), means, _spd(rng, d), np.array([30, 30]), spec, FPS, SHAPE, {}, _spd(rng, d, 2.0))
+    x = rng.standard_normal((2 * n, d)) + 0.5
+    y = np.array([A, B] * n)
+    prof = fit_profile(prior, x, y, KeyFitConfig(min_presses=1))
+    a = prof.adapt
+    assert a is not None and list(a.counts) == [n, n]
+    xc = x - x.mean(axis=0)
+    for i, c in enumerate((A, B)):
+        m = a.mean(i, a.sums[i], a.counts[i])
+        np.testing.assert_allclose(m, _map_mean(prior, means[i], xc[y == c].mean(axis=0), n, 2.0), atol=1e-8)
+        w, bias = a.column(m)
+        w_ref, b_ref = lda_weights(m[None], prior.cov)
+        np.testing.assert_allclose(w, w_ref[:, 0], rtol=1e-7, atol=1e-8)
+        np.testing.assert_allclose(prof.weights[:, i], w, rtol=1e-7, atol=1e-8)
+        assert bias == pytest.approx(prof.bias[i], rel=1e-7, abs=1e-8)
+    # a format-1 prior (no between) or adapt_weight 0: no adaptation
+    assert fit_profile(KeyPrior(prior.classes, means, prior.cov, prior.counts, spec, FPS, SHAPE), x, y,
+                       KeyFitConfig(min_presses=1)).adapt is None  # fmt: skip
+    assert fit_profile(prior, x, y, KeyFitConfig(min_presses=1, adapt_weight=0.0)).adapt is None
+
+
+def _learning_case() -> tuple[KeyProfile, np.ndarray, np.ndarray]:
+    """Class a's prior sits at +1, b's at -1; this user's "a" looks like -0.5: nearer b. Eight presses the model
+    is sure are "a", then one it cannot tell from "b"."""
+    from emgkey.edge_runtime.keyadapt import KeyAdaptation, generalized_basis
+    from emgkey.lda import lda_weights
+
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    ones = np.ones(d)
+    means = np.stack([ones, -ones])
+    cov, between = np.eye(d), 10.0 * np.eye(d)
+    w, b = lda_weights(means, cov)
+    basis, eig = generalized_basis(between, cov)
+    adapt = KeyAdaptation(means, basis, eig, np.zeros((2, d)), np.zeros(2), weight=1.0, min_posterior=0.7)
+    prof = KeyProfile(np.array([A, B]), w, b, np.zeros(d), spec, FPS, SHAPE, lam=1.0, centre_weight=1e9, adapt=adapt)
+    presses = [20 + 16 * i for i in range(9)]
+    T = presses[-1] + 10
+    lp = _peaky(T, {t: A for t in presses})
+    lp[presses[:-1], B] = -60.0  # sure: "a"
+    lp[presses[-1], A] = lp[presses[-1], B] = np.log(0.45)  # unsure
+    lp[presses[-1], BLANK] = np.log(0.1)
+    frames = np.zeros((T, *SHAPE), np.float32)
+    for t in presses:
+        frames[t - 12 : t + 4] = -0.5
+    return prof, lp, frames
+
+
+def test_keys_learn_a_users_key_from_the_presses_they_name() -> None:
+    prof, lp, frames = _learning_case()
+    assert rescore_offline(lp, frames, prof, adapt=False) == [A] * 8 + [B]  # as calibrated: the prior's "b"
+    dec = KeyRescoringDecoder(prof)
+    dec.observe_frames(frames)
+    assert dec.decode(lp, finish=True) == [A] * 9  # eight sure presses taught it this user's "a"
+    assert dec.adapted == 9  # the ninth too: with the user's "a" learnt, the decoder is sure of it
+    assert prof.adapt is not None and not prof.adapt.counts.any()  # the profile itself is not changed
+    np.testing.assert_array_equal(prof.weights, KeyRescoringDecoder(prof).profile.weights)
+    # a press counts `weight` presses: 0 is a profile that does not learn
+    prof.adapt.weight = 0.0
+    assert rescore_offline(lp, frames, prof) == [A] * 8 + [B]
+
+
+def test_only_sure_presses_teach() -> None:
+    prof, lp, frames = _learning_case()
+    t = [20 + 16 * i for i in range(8)]  # the sure presses (_learning_case), now only fairly sure: 0.6 / 0.4
+    lp[t, A], lp[t, B] = np.log(0.6), np.log(0.4)
+    frames[:] = np.where(frames < 0, 0.05, 0.0)  # and look a little like the prior's "a": the key model agrees
+    dec = KeyRescoringDecoder(prof)
+    dec.observe_frames(frames)
+    dec.decode(lp, finish=True)
+    assert dec.adapted > 0  # the key model's agreement makes them sure
+    prof.adapt.min_posterior = 1.0  # a bar no press reaches
+    dec = KeyRescoringDecoder(prof)
+    dec.observe_frames(frames)
+    dec.decode(lp, finish=True)
+    assert dec.adapted == 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(chunks=st.lists(st.integers(1, 9), min_size=1, max_size=6))
+def test_learning_keys_stream_equals_offline(chunks: list[int]) -> None:
+    prof, lp, frames = _learning_case()
+    assert _streamed(prof, lp, frames, chunks) == rescore_offline(lp, frames, prof) == [A] * 9
+
+
+def test_learning_state_round_trips_in_the_profile_file(tmp_path: Path) -> None:
+    prof, lp, frames = _learning_case()
+    prof.input_map = {"kind": "identity"}
+    back = KeyProfile.load(prof.save(tmp_path / "keys.npz"))
+    assert back.adapt is not None and back.adapt.min_posterior == 0.7 and back.adapt.weight == 1.0
+    np.testing.assert_array_equal(back.adapt.basis, prof.adapt.basis)
+    assert rescore_offline(lp, frames, back) == [A] * 9
