@@ -468,7 +468,10 @@ class KeyFitConfig:
     tau: float = 2.0  # pseudo-presses of the prior mean behind each user class mean (format-1 priors)
     lam: float = 0.75  # chosen on simulated users 2000-2007 (docs/calibration.md), not on the reported ones
     centre_weight: float = 20.0
-    min_presses: int = 20  # aligned presses a calibration needs before a key profile is worth fitting
+    # aligned presses a calibration needs before a key profile is worth fitting: 8 lets a 15 s session (two
+    # phrases) start one, which then learns in use (users 2000-2007, 15 s: 20 -> 8 took the reduction from
+    # -1..5 % to 10-13 %); 60 s hold 100+
+    min_presses: int = 8
     # a "no press" class (label = blank) from the key vectors half-way between aligned presses, and a lower
     # blank threshold for the runs it then vets; values chosen on simulated users 2000-2007 (docs/calibration.md)
     blank_offset: float = 1.0
