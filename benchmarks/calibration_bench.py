@@ -177,11 +177,11 @@ def evaluate_deployed(
     normalization: dict[str, Any] | None,
     eval_path: str,
     keys: Any = None,
-    adapt: bool = True,
+    adapt: bool = False,
 ) -> dict[str, Any]:
     """CER and NLL/key of the evaluation session through the streaming runtime (torch-free); ``keys``: a
     ``keyproto.KeyProfile`` to decode with (key rescoring), as ``emgkey run --user`` does when it is enabled;
-    ``adapt=False``: its keys as calibrated, not learning while the session is typed (``--static-keys``)."""
+    ``adapt=True``: its keys learning while the session is typed (``emgkey run --learn-keys``)."""
     from emgkey import charset
     from emgkey.bundle import load_bundle
     from emgkey.edge_runtime.calib_ctc import nll_per_char
@@ -318,9 +318,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                         kp = load_key_profile(prof)
                         if kp is not None:
                             row["after"] = evaluate_deployed(own, prof.normalization, u["eval"], kp)
-                            if kp.adapt is not None:  # diagnostic: the keys as calibrated, not learning in use
-                                row["after_static_keys"] = evaluate_deployed(
-                                    own, prof.normalization, u["eval"], kp, adapt=False
+                            if kp.adapt is not None:  # diagnostic: the keys learning in use (--learn-keys)
+                                row["after_learning_keys"] = evaluate_deployed(
+                                    own, prof.normalization, u["eval"], kp, adapt=True
                                 )
                         elif prof.path is not None and (prof.path / prof.keys["path"]).is_file():
                             # diagnostic only: what the keys the held-out slice turned off would have done
@@ -413,9 +413,9 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
         ka_cer = [r.get("after_keys_forced", r["after"])["cer"] for r in nk]
         ka_rel = [(before[(r["student"], r["user"])]["cer"] - c) / before[(r["student"], r["user"])]["cer"]
                   for r, c in zip(nk, ka_cer) if before[(r["student"], r["user"])]["cer"] > 0]  # fmt: skip
-        sk = [r.get("after_static_keys", r["after"])["cer"] for r in ok]
-        sk_rel = [(b - a) / b for b, a in zip(b_cer, sk) if b > 0]
-        any_static = any("after_static_keys" in r for r in ok)
+        lk = [r.get("after_learning_keys", r["after"])["cer"] for r in ok]
+        lk_rel = [(b - a) / b for b, a in zip(b_cer, lk) if b > 0]
+        any_learning = any("after_learning_keys" in r for r in ok)
         out.append(
             {
                 "student": student,
@@ -435,9 +435,9 @@ def summarize(rows: list[dict[str, Any]], peaks: dict[tuple[str, str], float]) -
                 # diagnostic: every user's keys on, including those the held-out prompts turned off
                 "cer_after_keys_always": mean(ka_cer) if len(nk) == len(ok) and nk else None,
                 "cer_reduction_keys_always": mean(ka_rel) if len(nk) == len(ok) and nk else None,
-                # diagnostic: the keys as calibrated, not learning while the evaluation session is typed
-                "cer_after_static_keys": mean(sk) if any_static else None,
-                "cer_reduction_static_keys": mean(sk_rel) if any_static else None,
+                # diagnostic: the keys learning while the evaluation session is typed (emgkey run --learn-keys)
+                "cer_after_learning_keys": mean(lk) if any_learning else None,
+                "cer_reduction_learning_keys": mean(lk_rel) if any_learning else None,
                 "nll_before": mean([before[(r["student"], r["user"])]["nll"] for r in ok]),
                 "nll_after": mean([r["after"]["nll"] for r in ok]),
                 "accepted": sum(bool(r.get("accepted")) for r in ok) if strategy != "scratch" else None,
@@ -524,9 +524,9 @@ def targets(summary: list[dict[str, Any]]) -> list[str]:
             always = r.get("cer_reduction_keys_always")
             if always is not None:
                 line += f", with every user's keys on {100 * always:.1f}% (diagnostic)"
-            static = r.get("cer_reduction_static_keys")
-            if static is not None:
-                line += f", keys not learning in use {100 * static:.1f}%"
+            learning = r.get("cer_reduction_learning_keys")
+            if learning is not None:
+                line += f", keys learning in use {100 * learning:.1f}%"
         if r.get("cer_average_arm") is not None and r["cer_before"]:
             room = (r["cer_before"] - r["cer_average_arm"]) / r["cer_before"]
             line += f"; undoing every placement and anatomy difference would remove {100 * room:.1f}%"

@@ -64,9 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default=None, help="with --user: this profile id instead of the active one, or 'base'")
     p.add_argument("--no-keys", action="store_true", help="with --user: do not apply the profile's key rescoring")
     p.add_argument(
-        "--static-keys",
+        "--learn-keys",
         action="store_true",
-        help="with --user: the profile's keys as calibrated (by default they keep learning while you type)",
+        help="with --user: the profile's keys learn from the presses they name while you type (experimental)",
     )
     p.set_defaults(func=_run)
 
@@ -270,7 +270,7 @@ def _run_stream(args: argparse.Namespace) -> int:
         else:
             from emgkey.edge_runtime.keyproto import key_decoder_factory
 
-            factory = key_decoder_factory(key_profile, m, adapt=not args.static_keys)
+            factory = key_decoder_factory(key_profile, m, adapt=args.learn_keys)
     recognizer = Recognizer(engine, m.features, factory, m, RecognizerConfig(endpoint=endpoint), normalization)
     source = open_source(args.source, profile=m.profile)
 

@@ -31,10 +31,11 @@ the population's do. This module turns that into a cheap decoding step on top of
    the keys through the blank's log-prob, and a run it wins is dropped. On users 2000-2007 the two together
    cut deletions more than they added insertions and substitutions (docs/calibration.md).
 
-6. **Keys keep learning while the user types** (profile format 3, ``keyadapt``): each press the decoder names
-   with a combined posterior of at least ``adapt_min_posterior`` adds ``adapt_weight`` presses to that key's
-   sums, and the key's mean and LDA column are re-derived by the rule of step 3 (per stream; the file is not
-   changed).
+6. **Keys that learn while the user types** (opt-in: ``adapt=True``, ``emgkey run --learn-keys``; profile format
+   3, ``keyadapt``): each press the decoder names with a combined posterior of at least ``adapt_min_posterior``
+   adds ``adapt_weight`` presses to that key's sums, and the key's mean and LDA column are re-derived by the
+   rule of step 3 (per stream; the file is not changed). Off by default: on simulated users it gained on some
+   models and lost on others (docs/calibration.md).
 
 Partial results show the model's own labels for runs still waiting for their look-ahead; ``finish=True`` (the
 end of a segment) rescores them with what there is.
@@ -478,8 +479,9 @@ class KeyFitConfig:
     no_press_bias: float = 1.0  # nats added to the no-press class's score
     min_gaps: int = 20  # gaps needed for the no-press class (fewer: no class, and no blank offset)
     min_gap_ms: float = 80.0  # presses closer than this leave no gap example between them
-    # keep learning while the user types (``keyadapt``; two-covariance priors only): a decoded press whose combined
-    # posterior is at least ``adapt_min_posterior`` counts ``adapt_weight`` presses of its key (0: static keys)
+    # learning while the user types, when a decoder is asked to (``keyadapt``; two-covariance priors only): a
+    # decoded press whose combined posterior is at least ``adapt_min_posterior`` counts ``adapt_weight`` presses
+    # of its key (0: no learning state in the profile)
     # (0.5, 0.9): users 2000-2007, offline over GRU, BiLSTM and TCN profiles: (1, 0.7) gained more with the TCN
     # and the BiLSTM but cost the GRU 0.5-1.5 CER points; (0.5, 0.9) gained with every model but one strategy
     adapt_weight: float = 0.5
@@ -599,10 +601,10 @@ class KeyRescoringDecoder:
         delay: int = 0,
         blank: int = charset.BLANK,
         num_classes: int = charset.NUM_CLASSES,
-        adapt: bool = True,
+        adapt: bool = False,
     ) -> None:
-        """``adapt``: let the profile's class means keep learning from the presses this stream names (when the
-        profile carries a ``KeyAdaptation``); False: the profile as calibrated."""
+        """``adapt``: let the profile's class means learn from the presses this stream names (when the profile
+        carries a ``KeyAdaptation``); False (the default): the profile as calibrated."""
         self.profile = profile
         self.delay = delay
         self.blank = blank
@@ -750,10 +752,10 @@ class KeyRescoringDecoder:
 
 
 def key_decoder_factory(
-    profile: KeyProfile, manifest: Any, adapt: bool = True
+    profile: KeyProfile, manifest: Any, adapt: bool = False
 ) -> Callable[[], KeyRescoringDecoder]:
     """Fresh rescoring decoders for a bundle's streaming model (its output delay, classes, blank); ``adapt``:
-    keys keep learning while the user types (when the profile allows it)."""
+    keys learn while the user types (when the profile allows it; opt-in)."""
     prof = manifest.profile
     frame_shape = (prof.n_bands, prof.channels_per_band, manifest.features.n_freq)
     profile.check_frames(frame_shape, manifest.features.frame_rate_hz)
@@ -764,7 +766,7 @@ def key_decoder_factory(
 
 
 def rescore_offline(
-    log_probs: np.ndarray, frames: np.ndarray, profile: KeyProfile, delay: int = 0, adapt: bool = True
+    log_probs: np.ndarray, frames: np.ndarray, profile: KeyProfile, delay: int = 0, adapt: bool = False
 ) -> list[int]:
     """The decoder over a whole segment: log_probs (T, classes), frames (T', n_bands, C, n_freq), T' >= T - delay."""
     dec = KeyRescoringDecoder(profile, delay=delay, num_classes=log_probs.shape[1], adapt=adapt)

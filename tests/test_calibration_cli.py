@@ -306,9 +306,9 @@ def test_key_prototypes_are_calibrated_kept_with_the_profile_and_used_by_run(
     (prof.path / "profile.json").write_text(json.dumps(data))
     with_keys = _run_text(capsys, bundle, url, "--user", "erin")
     assert cer(with_keys, target) < 15.0  # the oracle's own keys are the user's: rescoring keeps them
-    assert KeyProfile.load(prof.path / "keys.npz").adapt is not None  # the keys keep learning in use...
-    static = _run_text(capsys, bundle, url, "--user", "erin", "--static-keys")  # ...unless told not to
-    assert cer(static, target) < 15.0
+    assert KeyProfile.load(prof.path / "keys.npz").adapt is not None  # the keys can learn in use, if asked
+    learning = _run_text(capsys, bundle, url, "--user", "erin", "--learn-keys")
+    assert cer(learning, target) < 15.0
 
     # A damaged keys.npz is refused with a clear error; --no-keys still runs the rest of the profile.
     (prof.path / "keys.npz").write_bytes(b"not an npz")

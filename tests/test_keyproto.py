@@ -105,9 +105,11 @@ def _profile(
     return KeyProfile(np.array(classes), w, b, np.zeros(d), spec, FPS, SHAPE, lam, blank_offset=blank_offset)
 
 
-def _streamed(prof: KeyProfile, lp: np.ndarray, frames: np.ndarray, chunks: list[int]) -> list[int]:
+def _streamed(
+    prof: KeyProfile, lp: np.ndarray, frames: np.ndarray, chunks: list[int], adapt: bool = False
+) -> list[int]:
     """The decoder fed frames and emissions in chunks of the given sizes (cycled), then finished."""
-    dec = KeyRescoringDecoder(prof)
+    dec = KeyRescoringDecoder(prof, adapt=adapt)
     t, i = 0, 0
     while t < len(lp):
         n = chunks[i % len(chunks)]
@@ -455,8 +457,8 @@ def _learning_case() -> tuple[KeyProfile, np.ndarray, np.ndarray]:
 
 def test_keys_learn_a_users_key_from_the_presses_they_name() -> None:
     prof, lp, frames = _learning_case()
-    assert rescore_offline(lp, frames, prof, adapt=False) == [A] * 8 + [B]  # as calibrated: the prior's "b"
-    dec = KeyRescoringDecoder(prof)
+    assert rescore_offline(lp, frames, prof) == [A] * 8 + [B]  # as calibrated (the default): the prior's "b"
+    dec = KeyRescoringDecoder(prof, adapt=True)
     dec.observe_frames(frames)
     assert dec.decode(lp, finish=True) == [A] * 9  # eight sure presses taught it this user's "a"
     assert dec.adapted == 9  # the ninth too: with the user's "a" learnt, the decoder is sure of it
@@ -464,7 +466,7 @@ def test_keys_learn_a_users_key_from_the_presses_they_name() -> None:
     np.testing.assert_array_equal(prof.weights, KeyRescoringDecoder(prof).profile.weights)
     # a press counts `weight` presses: 0 is a profile that does not learn
     prof.adapt.weight = 0.0
-    assert rescore_offline(lp, frames, prof) == [A] * 8 + [B]
+    assert rescore_offline(lp, frames, prof, adapt=True) == [A] * 8 + [B]
 
 
 def test_only_sure_presses_teach() -> None:
@@ -472,12 +474,12 @@ def test_only_sure_presses_teach() -> None:
     t = [20 + 16 * i for i in range(8)]  # the sure presses (_learning_case), now only fairly sure: 0.6 / 0.4
     lp[t, A], lp[t, B] = np.log(0.6), np.log(0.4)
     frames[:] = np.where(frames < 0, 0.05, 0.0)  # and look a little like the prior's "a": the key model agrees
-    dec = KeyRescoringDecoder(prof)
+    dec = KeyRescoringDecoder(prof, adapt=True)
     dec.observe_frames(frames)
     dec.decode(lp, finish=True)
     assert dec.adapted > 0  # the key model's agreement makes them sure
     prof.adapt.min_posterior = 1.0  # a bar no press reaches
-    dec = KeyRescoringDecoder(prof)
+    dec = KeyRescoringDecoder(prof, adapt=True)
     dec.observe_frames(frames)
     dec.decode(lp, finish=True)
     assert dec.adapted == 0
@@ -487,7 +489,7 @@ def test_only_sure_presses_teach() -> None:
 @given(chunks=st.lists(st.integers(1, 9), min_size=1, max_size=6))
 def test_learning_keys_stream_equals_offline(chunks: list[int]) -> None:
     prof, lp, frames = _learning_case()
-    assert _streamed(prof, lp, frames, chunks) == rescore_offline(lp, frames, prof) == [A] * 9
+    assert _streamed(prof, lp, frames, chunks, adapt=True) == rescore_offline(lp, frames, prof, adapt=True) == [A] * 9
 
 
 def test_learning_state_round_trips_in_the_profile_file(tmp_path: Path) -> None:
@@ -496,4 +498,4 @@ def test_learning_state_round_trips_in_the_profile_file(tmp_path: Path) -> None:
     back = KeyProfile.load(prof.save(tmp_path / "keys.npz"))
     assert back.adapt is not None and back.adapt.min_posterior == 0.7 and back.adapt.weight == 1.0
     np.testing.assert_array_equal(back.adapt.basis, prof.adapt.basis)
-    assert rescore_offline(lp, frames, back) == [A] * 9
+    assert rescore_offline(lp, frames, back, adapt=True) == [A] * 9
