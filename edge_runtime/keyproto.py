@@ -65,6 +65,7 @@ from emgkey.lda import lda_stats, lda_weights, shrunk, within_between
 PRIOR_FORMAT = "emgkey-keyprior"
 PROFILE_FORMAT = "emgkey-keyprofile"
 FORMAT_VERSION = 3  # key profiles; 2 added ``blank_offset`` and the no-press class, 3 ``input_map`` and ``adapt``
+_ADAPT_ARRAYS = ("prior_means", "basis", "eig", "sums", "counts")  # KeyAdaptation's arrays, as adapt_<name>
 PRIOR_FORMAT_VERSION = 2  # 2 added ``between`` (a prior without it is written, and read, as version 1)
 
 
@@ -435,13 +436,7 @@ class KeyProfile:
         a = self.adapt
         if a is not None:
             header["adapt_weight"], header["adapt_min_posterior"] = a.weight, a.min_posterior
-            arrays.update(
-                adapt_prior_means=a.prior_means,
-                adapt_basis=a.basis,
-                adapt_eig=a.eig,
-                adapt_sums=a.sums,
-                adapt_counts=a.counts,
-            )
+            arrays.update({f"adapt_{n}": getattr(a, n) for n in _ADAPT_ARRAYS})
         if self.input_map is None and a is None:
             header["format_version"] = 2  # an emgkey that reads version 2 decodes it the same way
         return _save_npz(Path(path), header, arrays)
@@ -449,7 +444,7 @@ class KeyProfile:
     @classmethod
     def load(cls, path: str | Path) -> KeyProfile:
         arrays = (("classes", np.int64), ("weights", np.float64), ("bias", np.float64), ("centre", np.float64))
-        adapt = tuple((f"adapt_{n}", np.float64) for n in ("prior_means", "basis", "eig", "sums", "counts"))
+        adapt = tuple((f"adapt_{n}", np.float64) for n in _ADAPT_ARRAYS)
         prof: KeyProfile = _load_fields(
             cls,
             Path(path),
@@ -751,9 +746,7 @@ class KeyRescoringDecoder:
         return charset.labels_to_str(self.labels)
 
 
-def key_decoder_factory(
-    profile: KeyProfile, manifest: Any, adapt: bool = False
-) -> Callable[[], KeyRescoringDecoder]:
+def key_decoder_factory(profile: KeyProfile, manifest: Any, adapt: bool = False) -> Callable[[], KeyRescoringDecoder]:
     """Fresh rescoring decoders for a bundle's streaming model (its output delay, classes, blank); ``adapt``:
     keys learn while the user types (when the profile allows it; opt-in)."""
     prof = manifest.profile

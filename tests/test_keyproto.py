@@ -420,6 +420,7 @@ def test_adaptation_recomputes_what_fit_profile_computed(seed: int, n: int) -> N
         w, bias = a.column(m)
         w_ref, b_ref = lda_weights(m[None], prior.cov)
         np.testing.assert_allclose(w, w_ref[:, 0], rtol=1e-7, atol=1e-8)
+        assert bias == pytest.approx(float(b_ref[0]), rel=1e-7, abs=1e-8)
         np.testing.assert_allclose(prof.weights[:, i], w, rtol=1e-7, atol=1e-8)
         assert bias == pytest.approx(prof.bias[i], rel=1e-7, abs=1e-8)
     # a format-1 prior (no between) or adapt_weight 0: no adaptation
