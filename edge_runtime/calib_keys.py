@@ -110,6 +110,11 @@ def _heldout(items: Emitted, frames: np.ndarray, profile: KeyProfile) -> dict[st
     }
 
 
+def _key_map(own: Bundle, model_map: Any, key_normalization: dict[str, Any] | None) -> Any:
+    """The input map key vectors read the features through: ``key_normalization``'s, else the model's."""
+    return model_map if key_normalization is None else Deployed(own, key_normalization, "key map").input_map()
+
+
 def keys_help(heldout: dict[str, Any]) -> bool:
     """Enable rescoring unless it adds more than one error on the held-out prompts: 20-50 keys there, so one
     error is 2-5 CER points of noise (users 2000-2007: the stricter "no rise at all" turned off keys that
@@ -129,7 +134,7 @@ def heldout_cer_with_keys(
 ) -> float:
     """Greedy CER with key rescoring on the held-out prompts, through the deployed streaming engine."""
     norm = Deployed(own, normalization, "keys").input_map()
-    key_map = norm if profile.input_map is None else Deployed(own, profile.input_map, "key map").input_map()
+    key_map = _key_map(own, norm, profile.input_map)
     scorer = Scorer(own, cal.features, use="streaming", precision=precision, format=format, threads=threads)
     return float(_heldout(_emitted(scorer, norm, cal.heldout), key_map(cal.features), profile)["cer_with"])
 
@@ -154,7 +159,7 @@ def calibrate_keys(
     t0 = time.perf_counter()
     model = Deployed(own, normalization, "chosen")
     norm = model.input_map()
-    key_map = norm if key_normalization is None else Deployed(own, key_normalization, "key map").input_map()
+    key_map = _key_map(own, norm, key_normalization)
     key_map_manifest = key_map.to_manifest()
     m = own.manifest
     frame_shape = (m.profile.n_bands, m.profile.channels_per_band, m.features.n_freq)

@@ -406,11 +406,6 @@ class KeyProfile:
         assert self.classes.shape == (k,) and self.bias.shape == (k,), "one class label and bias per column"
         assert self.centre.shape == (d,), f"centre {self.centre.shape} does not match {d}-dim weights"
 
-    def log_posterior(self, x: np.ndarray) -> np.ndarray:
-        """x (n, D) centred key vectors -> (n, K) log-posteriors over ``classes``."""
-        s = x @ self.weights + self.bias
-        return s - np.logaddexp.reduce(s, axis=1, keepdims=True)
-
     def check_frames(self, frame_shape: tuple[int, ...], frame_rate_hz: float) -> None:
         if tuple(frame_shape) != tuple(self.frame_shape) or abs(frame_rate_hz - self.frame_rate_hz) > 1e-6:
             raise KeyProtoError(
@@ -445,7 +440,7 @@ class KeyProfile:
     def load(cls, path: str | Path) -> KeyProfile:
         arrays = (("classes", np.int64), ("weights", np.float64), ("bias", np.float64), ("centre", np.float64))
         adapt = tuple((f"adapt_{n}", np.float64) for n in _ADAPT_ARRAYS)
-        prof: KeyProfile = _load_fields(
+        return _load_fields(
             cls,
             Path(path),
             PROFILE_FORMAT,
@@ -456,7 +451,6 @@ class KeyProfile:
             optional_header=("input_map",),
             collect=("adapt", KeyAdaptation),
         )
-        return prof
 
 
 @dataclass(frozen=True)
@@ -465,8 +459,8 @@ class KeyFitConfig:
     lam: float = 0.75  # chosen on simulated users 2000-2007 (docs/calibration.md), not on the reported ones
     centre_weight: float = 20.0
     # aligned presses a calibration needs before a key profile is worth fitting: 8 lets a 15 s session (two
-    # phrases) start one, which then learns in use (users 2000-2007, 15 s: 20 -> 8 took the reduction from
-    # -1..5 % to 10-13 %); 60 s hold 100+
+    # phrases) start one (users 2000-2007, 15 s, keys learning in use: 20 -> 8 took the reduction from -1..5 %
+    # to 10-13 %; users 1000-1007 with static keys: -0.5..8.3 % -> 0.7..15.4 %); 60 s hold 100+
     min_presses: int = 8
     # a "no press" class (label = blank) from the key vectors half-way between aligned presses, and a lower
     # blank threshold for the runs it then vets; values chosen on simulated users 2000-2007 (docs/calibration.md)
