@@ -11,7 +11,8 @@
 # (fp32 + int8), and with BENCH=1 `calibration_bench --seconds 15 30 60 --budget-s 30` with a key prior from the
 # model's own training data. Every step is skipped when its output exists (a killed training resumes from last.pt),
 # so the script can be re-run after an interruption. Wall time on this 2-core machine, one model at a time: the
-# datasets 1-2 min each, training tcn16 ~14 min, tcn32 ~30, gru32 ~38, bilstm32 ~53, e2q ~26; a bench run 10-40 min.
+# datasets 1-2 min each, training tcn16 ~14 min, tcn32 30-47, gru32 38-60 (the longer: two trainings side by side), bilstm32 ~53,
+# e2q ~26; a bench run 5-40 min.
 # Two invocations side by side (different MODELs, same OUT) use both cores.
 #
 #   OUT/data/<dataset>/             armband8_32 (32 users x 4 sessions x 3 min, 2 held out), armband8_16 (16 x 4 x 3),
@@ -58,7 +59,9 @@ model_spec() {  # model -> dataset architecture
 make_dataset() {
     local name=$1 dir="$OUT/data/$1"
     if [[ -f "$dir/dataset.json" && -f "$dir/splits/generic.yaml" ]]; then return; fi
-    read -r profile users sessions minutes test_users <<<"$(dataset "$name")"
+    local spec
+    spec=$(dataset "$name")
+    read -r profile users sessions minutes test_users <<<"$spec"
     stamp "dataset $name: $profile, $users users x $sessions x $minutes min"
     rm -rf "$dir"
     emgkey sim dataset --profile "$profile" --users "$users" --sessions-per-user "$sessions" --minutes "$minutes" \
@@ -66,7 +69,8 @@ make_dataset() {
 }
 
 for model in $MODELS; do
-    read -r ds arch <<<"$(model_spec "$model")"
+    spec=$(model_spec "$model")  # an unknown name stops the script here (set -e)
+    read -r ds arch <<<"$spec"
     make_dataset "$ds"
     data="$OUT/data/$ds"
     split="$data/splits/generic.yaml"

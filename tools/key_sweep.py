@@ -96,15 +96,16 @@ def main() -> None:
     before_of = {r["user"]: r["before"]["cer"] for r in same}
     grid = list(itertools.product(args.lam, args.centre_weight, args.blank_offset, args.no_press_bias))
     work = args.bench / "work"
+    copies = sorted(work.glob("bundle_copy_*"))
+    assert len(copies) == 1, f"one bundle copy expected in {work}, found {len(copies)}"
+    order = [s for s in result["settings"]["strategies"] if s != "scratch"]  # the jobs that wrote profiles
     table: dict[str, list[list[float]]] = {}
     for r in rows:
-        copies = sorted(work.glob("bundle_copy_*"))
-        assert len(copies) == 1, f"one bundle copy expected in {work}, found {len(copies)}"
         user_dir = copies[0] / "profiles" / f"bench-u{r['user']}-{args.seconds:g}s"
         dirs = [d for d in sorted(user_dir.iterdir()) if (d / PROFILE_JSON).is_file()]
         profs = [Profile.from_dict(json.loads((d / PROFILE_JSON).read_text()), d) for d in dirs]
         # one profile per job, in job order (stats, then finetune): the row's strategy picks it
-        order = [s for s in result["settings"]["strategies"] if s != "scratch"]
+        assert len(profs) == len(order), f"{user_dir}: {len(profs)} profiles for the {len(order)} jobs {order}"
         prof = profs[order.index(r["strategy"])]
         kp = load_key_profile(prof)
         before = before_of[r["user"]]
