@@ -162,7 +162,7 @@ def _keys_on_base(
     """
     t0 = time.perf_counter()
     base = {"normalization": {"kind": "identity"}, "bundle": None}
-    keys = _key_step(bundle, base, tmp, cal, opt, run_kw, name="keys_base.npz")
+    keys = _key_step(bundle, base, "keys", tmp, cal, opt, run_kw, name="keys_base.npz")
     if not keys or not keys.get("enabled"):
         (tmp / "keys_base.npz").unlink(missing_ok=True)
         return None
@@ -181,6 +181,7 @@ def _keys_on_base(
 def _key_step(
     bundle: Bundle,
     best: dict[str, Any],
+    strategy: str,
     tmp: Path,
     cal: CalibrationSet,
     opt: CalibrationOptions,
@@ -190,6 +191,7 @@ def _key_step(
     gate_model: tuple[Bundle, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any] | None:
     """Key prototypes for the chosen strategy, written to ``tmp/<name>``; None when the bundle has no prior.
+    ``strategy``: the candidate whose model the keys rescore (its decoder settings: ``KeyFitConfig.for_strategy``);
     ``key_normalization``: the input map the key vectors read (strategy 1's; None: the strategy's own);
     ``gate_model``: the model whose held-out emissions decide whether the keys are enabled (None: the chosen).
 
@@ -210,7 +212,7 @@ def _key_step(
             best["normalization"],
             cal,
             prior,
-            opt.key_fit,
+            opt.key_fit.for_strategy(strategy),
             key_normalization=key_normalization,
             gate_model=gate_model,
             **run_kw,
@@ -301,7 +303,7 @@ def calibrate_recording(
         key_norm = candidates["stats"]["normalization"]
         gate = (bundle, key_norm) if best_name == "finetune" else None
         keys = (
-            _key_step(bundle, best, tmp, cal, opt, run_kw, key_normalization=key_norm, gate_model=gate)
+            _key_step(bundle, best, best_name, tmp, cal, opt, run_kw, key_normalization=key_norm, gate_model=gate)
             if opt.keys
             else None
         )

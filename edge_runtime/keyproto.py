@@ -49,7 +49,7 @@ import json
 import math
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -475,6 +475,16 @@ class KeyFitConfig:
     # and the BiLSTM but cost the GRU 0.5-1.5 CER points; (0.5, 0.9) gained with every model but one strategy
     adapt_weight: float = 0.5
     adapt_min_posterior: float = 0.9
+    # a fine-tuned model (strategy 2) already names this user's keys better than the generic one: its profiles
+    # weigh the key model less and let more runs past the blank (chosen on users 2000-2007, docs/calibration.md)
+    lam_finetuned: float = 0.5
+    blank_offset_finetuned: float = 2.0
+
+    def for_strategy(self, strategy: str) -> "KeyFitConfig":
+        """The settings for keys that rescore the model of ``strategy`` (finetune: the ``*_finetuned`` ones)."""
+        if strategy != "finetune":
+            return self
+        return replace(self, lam=self.lam_finetuned, blank_offset=self.blank_offset_finetuned)
 
 
 def _map_mean(prior: KeyPrior, mean: np.ndarray, user_mean: np.ndarray, n: int, tau: float) -> np.ndarray:

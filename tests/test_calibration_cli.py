@@ -21,7 +21,7 @@ from test_calibration import add_reference, sim_features
 from emgkey.benchmarks.toy_bundle import KeyedToyModel, build_toy_bundle, keyed_emg
 from emgkey.cli import main
 from emgkey.edge_runtime.calib_data import CalibrationRecording, PromptChoice, PromptSpan
-from emgkey.edge_runtime.keyproto import KeyProfile
+from emgkey.edge_runtime.keyproto import KeyFitConfig, KeyProfile, KeyProtoError
 from emgkey.edge_runtime.profile_store import ProfileStore, load_key_profile
 from emgkey.features import FeatureConfig, compute_features
 from emgkey.metrics import cer
@@ -294,7 +294,9 @@ def test_key_prototypes_are_calibrated_kept_with_the_profile_and_used_by_run(
     prof = ProfileStore(bundle, "erin").active()
     assert prof is not None and (prof.path / "keys.npz").is_file()
     # the key vectors read strategy 1's map (here also the model's), stored in the key profile (format 3)
-    assert KeyProfile.load(prof.path / "keys.npz").input_map == prof.normalization
+    kp = KeyProfile.load(prof.path / "keys.npz")
+    assert kp.input_map == prof.normalization
+    assert kp.lam == KeyFitConfig().lam  # strategy 1's decoder settings (a fine-tuned model has its own)
 
     eval_emg, target, _ = _rotated_recording(15.0, shift, seed=4)
     url = f"replay://{_write_session(tmp_path / 'eval.hdf5', eval_emg)}?speed=max"
@@ -410,3 +412,23 @@ def test_key_vectors_can_read_another_map_than_the_models(keyed: Path, tmp_path:
     assert blind.gate is not None and blind.gate != blind.heldout and blind.heldout == ident.heldout
     assert blind.enabled == keys_help(blind.gate)
     assert blind.manifest_entry("k.npz", "x")["gate"] == blind.gate and "gate" not in ident.manifest_entry("k", "x")
+
+
+@pytest.mark.parametrize("strategy", ["stats", "finetune", "keys"])
+def test_the_key_step_fits_with_the_settings_of_the_model_it_rescores(monkeypatch, tmp_path: Path, strategy) -> None:
+    from emgkey.edge_runtime import calib_run
+
+    seen = {}
+
+    def fake_calibrate_keys(own, normalization, cal, prior, cfg, **kw):
+        seen["cfg"] = cfg
+        raise KeyProtoError("stop here")
+
+    monkeypatch.setattr(calib_run, "bundle_key_prior", lambda bundle: object())
+    monkeypatch.setattr(calib_run, "calibrate_keys", fake_calibrate_keys)
+    opt = calib_run.CalibrationOptions(key_fit=KeyFitConfig(lam_finetuned=0.2, blank_offset_finetuned=3.0))
+    best = {"bundle": None, "normalization": None}
+    out = calib_run._key_step(object(), best, strategy, tmp_path, None, opt, {})
+    assert out == {"skipped": "stop here"}  # a failed key step never costs the rest of the calibration
+    want = (0.2, 3.0) if strategy == "finetune" else (opt.key_fit.lam, opt.key_fit.blank_offset)
+    assert (seen["cfg"].lam, seen["cfg"].blank_offset) == want

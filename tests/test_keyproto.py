@@ -226,6 +226,22 @@ def test_fit_profile_is_map_towards_the_user() -> None:
         fit_profile(prior, x[:10], y[:10], KeyFitConfig(min_presses=20))
 
 
+def test_keys_for_a_fine_tuned_model_get_their_own_weight_and_blank_offset() -> None:
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    prior = KeyPrior(np.array([A, B]), np.zeros((2, d)), np.eye(d), np.array([20, 20]), spec, FPS, SHAPE)
+    rng = np.random.default_rng(2)
+    x, y, gaps = rng.standard_normal((24, d)), np.array([A, B] * 12), rng.standard_normal((30, d))
+    cfg = KeyFitConfig(lam=0.75, blank_offset=1.0, lam_finetuned=0.3, blank_offset_finetuned=2.5, min_presses=20)
+    for strategy in ("stats", "keys"):
+        assert cfg.for_strategy(strategy) is cfg
+    ft = fit_profile(prior, x, y, cfg.for_strategy("finetune"), gaps)
+    base = fit_profile(prior, x, y, cfg.for_strategy("stats"), gaps)
+    assert (ft.lam, ft.blank_offset) == (0.3, 2.5) and (base.lam, base.blank_offset) == (0.75, 1.0)
+    np.testing.assert_array_equal(ft.weights, base.weights)  # only the decoder's settings differ
+    assert fit_profile(prior, x, y, cfg.for_strategy("finetune")).blank_offset == 0.0  # no no-press class
+
+
 def test_prior_fit_keeps_frequent_classes_and_needs_two() -> None:
     spec = KeyFeatureSpec()
     d = spec.dim(SHAPE)
