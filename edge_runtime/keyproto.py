@@ -480,7 +480,7 @@ class KeyFitConfig:
     lam_finetuned: float = 0.5
     blank_offset_finetuned: float = 2.0
 
-    def for_strategy(self, strategy: str) -> "KeyFitConfig":
+    def for_strategy(self, strategy: str) -> KeyFitConfig:
         """The settings for keys that rescore the model of ``strategy`` (finetune: the ``*_finetuned`` ones)."""
         if strategy != "finetune":
             return self
