@@ -1,14 +1,16 @@
 """Offline sweep of key-rescoring decoder settings over a calibration benchmark's profiles (SIMULATED data).
 
     python tools/key_sweep.py BENCH_OUT [--seconds 60] [--lam 0.5 0.75 1] [--centre-weight 5 20] \
-        [--blank-offset 0.5 1 1.5] [--no-press-bias -0.5 0 0.5] [--users 2000-2007 only: tune there]
+        [--blank-offset 0.5 1 1.5] [--no-press-bias -0.5 0 0.5]
 
 For every user's calibrated profile of a ``calibration_bench`` run (its ``work/`` folder: the bundle copy with
 the profiles, the evaluation sessions), the evaluation session goes once through the streaming runtime as the
 benchmark ran it (int8 ONNX, 1 s blocks) with a decoder that records the frames it reads; every setting of the
 grid then re-decodes those emissions and frames offline (``keyproto.rescore_offline``, which the tests hold equal
-to streaming). Prints, per strategy and setting, the mean per-user reduction of the generic CER (the issue's
-measure), the first row being the profiles as calibrated (it must reproduce the benchmark's "after" column).
+to streaming). Prints, per benchmark job and the strategy its calibration chose (a finetune job can keep
+strategy 1, whose keys decode with strategy 1's settings: ``KeyFitConfig.for_strategy``), and per setting, the
+mean per-user reduction of the generic CER (the issue's measure), the first row being the profiles as calibrated
+(it must reproduce the benchmark's "after" column).
 Settings are meant to be chosen on the tuning users (``--first-user 2000`` benchmark runs), never on the
 reported ones.
 """
@@ -99,7 +101,7 @@ def main() -> None:
     copies = sorted(work.glob("bundle_copy_*"))
     assert len(copies) == 1, f"one bundle copy expected in {work}, found {len(copies)}"
     order = [s for s in result["settings"]["strategies"] if s != "scratch"]  # the jobs that wrote profiles
-    table: dict[str, list[list[float]]] = {}
+    table: dict[tuple[str, str], list[list[float]]] = {}  # (job, chosen strategy) -> per user
     for r in rows:
         user_dir = copies[0] / "profiles" / f"bench-u{r['user']}-{args.seconds:g}s"
         dirs = [d for d in sorted(user_dir.iterdir()) if (d / PROFILE_JSON).is_file()]
@@ -121,15 +123,16 @@ def main() -> None:
             if abs(cers[0] - r["after"]["cer"]) > 0.05:
                 bench_cer = r["after"]["cer"]
                 print(f"warning: user {r['user']} {r['strategy']}: {cers[0]:.2f} here, {bench_cer} in the bench")
-        table.setdefault(r["strategy"], []).append([100.0 * (before - c) / before for c in cers])
-        print(f"user {r['user']} {r['strategy']}: before {before:.1f}, after {' '.join(f'{c:.1f}' for c in cers)}")
+        table.setdefault((r["strategy"], prof.strategy), []).append([100.0 * (before - c) / before for c in cers])
+        after = " ".join(f"{c:.1f}" for c in cers)
+        print(f"user {r['user']} {r['strategy']} (chose {prof.strategy}): before {before:.1f}, after {after}")
     print(
         f"\nmean reduction of the generic CER (%), {args.seconds:g} s; setting = (lam, centre_weight, blank_offset, "
         "no-press bias delta)"
     )
-    for strategy, red in table.items():
+    for (job, chosen), red in sorted(table.items()):
         m = np.mean(np.asarray(red), axis=0)
-        print(f"{strategy}: as calibrated {m[0]:.1f}")
+        print(f"{job} job, {len(red)} users chose {chosen}: as calibrated {m[0]:.1f}")
         for setting, v in sorted(zip(grid, m[1:]), key=lambda t: -t[1]):
             print(f"  {setting}: {v:.1f}")
 
