@@ -516,3 +516,99 @@ def test_learning_state_round_trips_in_the_profile_file(tmp_path: Path) -> None:
     assert back.adapt is not None and back.adapt.min_posterior == 0.7 and back.adapt.weight == 1.0
     np.testing.assert_array_equal(back.adapt.basis, prof.adapt.basis)
     assert rescore_offline(lp, frames, back, adapt=True) == [A] * 9
+
+
+def _predictive(prof: KeyProfile) -> KeyProfile:
+    from dataclasses import replace
+
+    return replace(prof, scoring="predictive")
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30))
+def test_predictive_scoring_is_lda_when_users_do_not_differ_and_widens_unpressed_keys(seed: int, n: int) -> None:
+    """Predictive scoring = LDA where the prior says users' class means do not differ (B = 0); otherwise a class
+    the user did not press has the variance W + B, one pressed n times W + (B^-1 + n W^-1)^-1."""
+    from emgkey.edge_runtime.keyproto import _Predictive
+
+    rng = np.random.default_rng(seed)
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    means, w = rng.standard_normal((2, d)), _spd(rng, d)
+    x = rng.standard_normal((n, d))
+    y = np.full(n, A)  # only "a" pressed
+    z = rng.standard_normal(d)
+    for between, same in ((np.zeros((d, d)), True), (_spd(rng, d, 2.0), False)):
+        prior = KeyPrior(np.array([A, B]), means, w, np.array([30, 30]), spec, FPS, SHAPE, {}, between)
+        prof = fit_profile(prior, x, y, KeyFitConfig(min_presses=1, scoring="predictive"))
+        assert prof.scoring == "predictive" and prof.adapt is not None
+        pred = _Predictive.of(prof, prof.adapt)
+        lda = z @ prof.weights + prof.bias
+        diff = pred.scores(z) - lda  # LDA's scores up to one constant: the same posteriors
+        assert np.allclose(diff, diff[0], atol=1e-8) == same
+        vinv_t = np.linalg.inv(prof.adapt.basis).T  # V^-T diag(var) V^-1: the variance in the vectors' own space
+        cov_b = vinv_t @ np.diag(pred.var[1]) @ vinv_t.T
+        cov_a = vinv_t @ np.diag(pred.var[0]) @ vinv_t.T
+        np.testing.assert_allclose(cov_b, w + between, rtol=1e-6, atol=1e-8)
+        post = between - between @ np.linalg.solve(between + w / n, between)  # the user mean's posterior
+        np.testing.assert_allclose(cov_a, w + post, rtol=1e-6, atol=1e-7)
+
+
+def test_predictive_scoring_credits_a_far_press_to_the_key_the_user_never_pressed() -> None:
+    """Key "a" at +1 (the user pressed it 20 times, right there), "b" at -1 (never pressed; users' "b"s differ a lot):
+    a press at +5 is nearer "a", and LDA says "a"; but it is far outside this user's "a", while nothing is known
+    of where this user's "b" is: predictive scoring says "b"."""
+    from emgkey.edge_runtime.keyadapt import KeyAdaptation, generalized_basis
+    from emgkey.lda import lda_weights
+
+    spec = KeyFeatureSpec()
+    d = spec.dim(SHAPE)
+    means, cov, between = np.stack([np.ones(d), -np.ones(d)]), np.eye(d), 10.0 * np.eye(d)
+    w, b = lda_weights(means, cov)
+    basis, eig = generalized_basis(between, cov)
+    adapt = KeyAdaptation(means, basis, eig, np.stack([20 * np.ones(d), np.zeros(d)]), np.array([20.0, 0.0]), 0.0)
+    prof = KeyProfile(np.array([A, B]), w, b, np.zeros(d), spec, FPS, SHAPE, lam=1.0, centre_weight=1e9, adapt=adapt)
+    lp = _peaky(40, {20: A})
+    lp[20, A] = lp[20, B] = np.log(0.5)  # the model cannot tell
+    lp[20, BLANK] = -20.0
+    frames = np.zeros((40, *SHAPE), np.float32)
+    frames[8:24] = 5.0
+    assert rescore_offline(lp, frames, prof) == [A]
+    assert rescore_offline(lp, frames, _predictive(prof)) == [B]
+
+
+@settings(max_examples=15, deadline=None)
+@given(chunks=st.lists(st.integers(1, 9), min_size=1, max_size=6))
+def test_predictive_keys_stream_equals_offline_and_learn_as_refitted(chunks: list[int]) -> None:
+    from emgkey.edge_runtime.keyproto import _Predictive
+
+    prof, lp, frames = _learning_case()
+    prof = _predictive(prof)
+    assert _streamed(prof, lp, frames, chunks, adapt=True) == rescore_offline(lp, frames, prof, adapt=True)
+    assert _streamed(prof, lp, frames, chunks) == rescore_offline(lp, frames, prof)
+    dec = KeyRescoringDecoder(prof, adapt=True)
+    dec.observe_frames(frames)
+    dec.decode(lp, finish=True)
+    assert dec.adapted > 0 and dec._predictive is not None and dec._adapt is not None
+    # what the decoder learnt is what a profile holding the same presses scores
+    from dataclasses import replace
+
+    again = _Predictive.of(replace(prof, weights=dec._weights, bias=dec._bias), dec._adapt)
+    for name in ("means", "var", "const"):
+        np.testing.assert_allclose(getattr(dec._predictive, name), getattr(again, name), rtol=1e-7, atol=1e-9)
+
+
+def test_predictive_profile_round_trips_as_version_4(tmp_path: Path) -> None:
+    import json as _json
+
+    prof, lp, frames = _learning_case()
+    with np.load(prof.save(tmp_path / "lda.npz")) as z:  # LDA scoring: still version 3, for older emgkeys
+        assert _json.loads(str(z["header"]))["format_version"] == 3
+    pred = _predictive(prof)
+    back = KeyProfile.load(pred.save(tmp_path / "keys.npz"))
+    assert back.scoring == "predictive" and KeyProfile.load(tmp_path / "lda.npz").scoring == "lda"
+    with np.load(tmp_path / "keys.npz") as z:  # an older emgkey refuses it rather than score it as LDA
+        assert _json.loads(str(z["header"]))["format_version"] == 4
+    assert rescore_offline(lp, frames, back) == rescore_offline(lp, frames, pred)
+    with pytest.raises(AssertionError, match="predictive scoring needs"):
+        KeyProfile(prof.classes, prof.weights, prof.bias, prof.centre, prof.spec, FPS, SHAPE, scoring="predictive")
