@@ -62,12 +62,6 @@ class KeyAdaptation:
         shrink = self.eig / (self.eig + 1.0 / n)  # (D,)
         return prior + self.basis_inv_t @ (shrink * (self.basis.T @ (total / n - prior)))
 
-    def predictive_var(self, n: float) -> np.ndarray:
-        """(D,) the variance, per basis direction, of a new press of a class the user pressed ``n`` times: the
-        within-user spread (1 in this basis) plus what is still unknown of the user's class mean, ``eig / (1 + n
-        eig)`` (its posterior variance; ``eig`` with no presses, about ``1 / n`` with many)."""
-        return 1.0 + self.eig / (1.0 + max(n, 0.0) * self.eig)
-
     def column(self, mean: np.ndarray) -> tuple[np.ndarray, float]:
         """The LDA weight column (D,) and bias of a class mean: ``W^-1 mean`` and ``-mean . W^-1 mean / 2``."""
         w = self.basis @ (self.basis.T @ mean)

@@ -64,10 +64,7 @@ from emgkey.lda import lda_stats, lda_weights, shrunk, within_between
 
 PRIOR_FORMAT = "emgkey-keyprior"
 PROFILE_FORMAT = "emgkey-keyprofile"
-# key profiles; 2 added ``blank_offset`` and the no-press class, 3 ``input_map`` and ``adapt``, 4 ``scoring``
-# ("predictive"; a profile that scores by "lda" is still written as version 3 or 2)
-FORMAT_VERSION = 4
-SCORINGS = ("lda", "predictive")
+FORMAT_VERSION = 3  # key profiles; 2 added ``blank_offset`` and the no-press class, 3 ``input_map`` and ``adapt``
 _ADAPT_ARRAYS = ("prior_means", "basis", "eig", "sums", "counts")  # KeyAdaptation's arrays, as adapt_<name>
 PRIOR_FORMAT_VERSION = 2  # 2 added ``between`` (a prior without it is written, and read, as version 1)
 
@@ -403,17 +400,11 @@ class KeyProfile:
     input_map: dict[str, Any] | None = None
     # what the decoder needs to keep moving the class means with the presses it names (format 3, ``keyadapt``)
     adapt: KeyAdaptation | None = None
-    # how the key model scores a vector (format 4): "lda", one shared covariance W for every class; "predictive",
-    # each prior class with the variance a new press of it has given how often the user pressed it, W plus the
-    # posterior variance of the user's class mean (``KeyAdaptation.predictive_var``; needs ``adapt``)
-    scoring: str = "lda"
 
     def __post_init__(self) -> None:
         d, k = self.weights.shape
         assert self.classes.shape == (k,) and self.bias.shape == (k,), "one class label and bias per column"
         assert self.centre.shape == (d,), f"centre {self.centre.shape} does not match {d}-dim weights"
-        assert self.scoring in SCORINGS, f"scoring {self.scoring!r} is not one of {SCORINGS}"
-        assert self.scoring == "lda" or self.adapt is not None, "predictive scoring needs the profile's adapt arrays"
 
     def check_frames(self, frame_shape: tuple[int, ...], frame_rate_hz: float) -> None:
         if tuple(frame_shape) != tuple(self.frame_shape) or abs(frame_rate_hz - self.frame_rate_hz) > 1e-6:
@@ -441,12 +432,8 @@ class KeyProfile:
         if a is not None:
             header["adapt_weight"], header["adapt_min_posterior"] = a.weight, a.min_posterior
             arrays.update({f"adapt_{n}": getattr(a, n) for n in _ADAPT_ARRAYS})
-        if self.scoring != "lda":
-            header["scoring"] = self.scoring  # an older emgkey would score it differently: version 4 refuses there
-        elif self.input_map is None and a is None:
+        if self.input_map is None and a is None:
             header["format_version"] = 2  # an emgkey that reads version 2 decodes it the same way
-        else:
-            header["format_version"] = 3
         return _save_npz(Path(path), header, arrays)
 
     @classmethod
@@ -461,7 +448,7 @@ class KeyProfile:
             ("lam", "centre_weight"),
             optional=adapt,
             optional_floats=("blank_offset", "adapt_weight", "adapt_min_posterior"),
-            optional_header=("input_map", "scoring"),
+            optional_header=("input_map",),
             collect=("adapt", KeyAdaptation),
         )
 
@@ -492,8 +479,6 @@ class KeyFitConfig:
     # weigh the key model less and let more runs past the blank (chosen on users 2000-2007, docs/calibration.md)
     lam_finetuned: float = 0.5
     blank_offset_finetuned: float = 2.0
-    # the profile's ``scoring`` (two-covariance priors; a format-1 prior scores by "lda")
-    scoring: str = "lda"
 
     def for_strategy(self, strategy: str) -> KeyFitConfig:
         """The settings for keys that rescore the model of ``strategy`` (finetune: the ``*_finetuned`` ones)."""
@@ -551,7 +536,7 @@ def fit_profile(
     if no_press:
         b[-1] += cfg.no_press_bias
     adapt = None
-    if prior.between is not None and (cfg.adapt_weight > 0 or cfg.scoring != "lda"):
+    if prior.between is not None and cfg.adapt_weight > 0:
         basis, eig = generalized_basis(prior.between, prior.cov)
         sums = np.stack([x[labels == c].sum(axis=0) for c in prior.classes])  # (K0, D)
         counts = np.array([float((labels == c).sum()) for c in prior.classes])
@@ -574,7 +559,6 @@ def fit_profile(
         cfg.blank_offset if no_press else 0.0,
         input_map,
         adapt,
-        cfg.scoring if adapt is not None else "lda",
     )
 
 
@@ -597,39 +581,6 @@ class _Run:
     peak_score: float
     timestamp: float
     row: np.ndarray | None = None  # log-probs at the peak
-
-
-@dataclass
-class _Predictive:
-    """A "predictive" profile's key model in the generalized eigenbasis of (B, W) (``V^T W V = I``): each class's
-    mean (K, D) and the variance of a new press of it (K, D) there; a class scores its Gaussian log-density. With
-    every variance 1 this is the profile's LDA exactly (same posteriors)."""
-
-    basis_t: np.ndarray  # (D, D) V^T: a centred key vector z -> V^T z
-    means: np.ndarray  # (K, D)
-    var: np.ndarray  # (K, D)
-    extra: np.ndarray  # (K,) what a class's LDA bias adds to -|mean|^2 / 2 (the no-press class's bias)
-    const: np.ndarray = field(init=False)  # (K,) extra - sum(log var) / 2
-
-    def __post_init__(self) -> None:
-        self.const = self.extra - 0.5 * np.log(self.var).sum(axis=1)
-
-    @classmethod
-    def of(cls, profile: KeyProfile, a: KeyAdaptation) -> _Predictive:
-        means = (a.basis_inv_t.T @ profile.weights).T  # (K, D): an LDA column is W^-1 m = V (V^T m)
-        var = np.ones_like(means)
-        for i, n in enumerate(a.counts):  # the prior's classes; the no-press class is the user's own: W
-            var[i] = a.predictive_var(float(n))
-        return cls(a.basis.T, means, var, profile.bias + 0.5 * (means**2).sum(axis=1))
-
-    def scores(self, z: np.ndarray) -> np.ndarray:
-        y = self.basis_t @ z  # (D,)
-        return -0.5 * (((y - self.means) ** 2) / self.var).sum(axis=1) + self.const  # (K,)
-
-    def set_class(self, j: int, mean: np.ndarray, var: np.ndarray) -> None:
-        self.means[j] = self.basis_t @ mean
-        self.var[j] = var
-        self.const[j] = self.extra[j] - 0.5 * float(np.log(var).sum())
 
 
 class KeyRescoringDecoder:
@@ -675,10 +626,6 @@ class KeyRescoringDecoder:
         self._weights, self._bias = profile.weights.copy(), profile.bias.copy()
         a = profile.adapt
         self._adapt = a.copy() if adapt and a is not None and a.weight > 0 else None
-        self._predictive = None
-        if profile.scoring == "predictive":
-            assert a is not None, "predictive scoring needs the profile's adapt arrays"
-            self._predictive = _Predictive.of(profile, a)
         self.adapted = 0  # presses learnt from so far
         self.reset()
 
@@ -775,7 +722,7 @@ class KeyRescoringDecoder:
         self._centre_sum = self._centre_sum + x
         self._centre_n += 1.0
         z = x - self._centre_sum / self._centre_n  # (D,) centred
-        s = self._predictive.scores(z) if self._predictive is not None else z @ self._weights + self._bias
+        s = z @ self._weights + self._bias
         lp_key = s - np.logaddexp.reduce(s)  # (K,) the key model's log-posterior
         score = run.row[p.classes] + p.lam * lp_key  # the no-press class (label blank) reads the blank's log-prob
         j = int(np.argmax(score))
@@ -795,10 +742,7 @@ class KeyRescoringDecoder:
             return
         a.sums[j] += a.weight * z
         a.counts[j] += a.weight
-        mean = a.mean(j, a.sums[j], a.counts[j])
-        self._weights[:, j], self._bias[j] = a.column(mean)
-        if self._predictive is not None:
-            self._predictive.set_class(j, mean, a.predictive_var(float(a.counts[j])))
+        self._weights[:, j], self._bias[j] = a.column(a.mean(j, a.sums[j], a.counts[j]))
         self.adapted += 1
 
     @property

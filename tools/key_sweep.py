@@ -1,7 +1,7 @@
 """Offline sweep of key-rescoring decoder settings over a calibration benchmark's profiles (SIMULATED data).
 
     python tools/key_sweep.py BENCH_OUT [--seconds 60] [--lam 0.5 0.75 1] [--centre-weight 5 20] \
-        [--blank-offset 0.5 1 1.5] [--no-press-bias -0.5 0 0.5] [--scoring lda predictive]
+        [--blank-offset 0.5 1 1.5] [--no-press-bias -0.5 0 0.5]
 
 For every user's calibrated profile of a ``calibration_bench`` run (its ``work/`` folder: the bundle copy with
 the profiles, the evaluation sessions), the evaluation session goes once through the streaming runtime as the
@@ -67,9 +67,7 @@ def capture(bundle_dir: Path, prof: Profile, kp: KeyProfile, eval_path: str) -> 
     }
 
 
-def variant(
-    kp: KeyProfile, lam: float, centre_weight: float, blank_offset: float, no_press_bias: float, scoring: str = "lda"
-) -> KeyProfile:
+def variant(kp: KeyProfile, lam: float, centre_weight: float, blank_offset: float, no_press_bias: float) -> KeyProfile:
     bias = kp.bias.copy()
     has_no_press = len(kp.classes) and int(kp.classes[-1]) == charset.BLANK
     if has_no_press:
@@ -80,7 +78,6 @@ def variant(
         centre_weight=centre_weight,
         blank_offset=blank_offset if has_no_press else kp.blank_offset,
         bias=bias,
-        scoring=scoring if kp.adapt is not None else "lda",
     )
 
 
@@ -92,7 +89,6 @@ def main() -> None:
     ap.add_argument("--centre-weight", type=float, nargs="+", default=[20.0])
     ap.add_argument("--blank-offset", type=float, nargs="+", default=[1.0])
     ap.add_argument("--no-press-bias", type=float, nargs="+", default=[0.0], help="added to the profile's")
-    ap.add_argument("--scoring", nargs="+", default=None, help="lda / predictive (default: the profile's)")
     args = ap.parse_args()
 
     result = json.loads((args.bench / "calibration_bench.json").read_text())
@@ -101,8 +97,6 @@ def main() -> None:
     same = [r for r in result["rows"] if r["seconds"] == args.seconds and "before" in r]
     before_of = {r["user"]: r["before"]["cer"] for r in same}
     grid = list(itertools.product(args.lam, args.centre_weight, args.blank_offset, args.no_press_bias))
-    if args.scoring:
-        grid = [(*g, sc) for g in grid for sc in args.scoring]
     work = args.bench / "work"
     copies = sorted(work.glob("bundle_copy_*"))
     assert len(copies) == 1, f"one bundle copy expected in {work}, found {len(copies)}"
@@ -134,7 +128,7 @@ def main() -> None:
         print(f"user {r['user']} {r['strategy']} (chose {prof.strategy}): before {before:.1f}, after {after}")
     print(
         f"\nmean reduction of the generic CER (%), {args.seconds:g} s; setting = (lam, centre_weight, blank_offset, "
-        "no-press bias delta[, scoring])"
+        "no-press bias delta)"
     )
     for (job, chosen), red in sorted(table.items()):
         m = np.mean(np.asarray(red), axis=0)
