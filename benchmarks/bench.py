@@ -201,7 +201,7 @@ def describe_device(label: str | None = None) -> dict[str, Any]:
         load = None
     versions = {
         name: v
-        for name in ("numpy", "onnxruntime", "ai-edge-litert", "tflite-runtime", "torch")
+        for name in ("numpy", "scipy", "onnxruntime", "ai-edge-litert", "tflite-runtime", "torch")
         if (v := _dist_version(name)) is not None
     }
     return {

@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from emgkey.benchmarks.bench import describe_device
+
 log = logging.getLogger("emgkey.calibration_bench")
 
 NOTE = (
@@ -68,6 +70,20 @@ class Student:
     bundle: Path
     checkpoint: Path | None
     data: tuple[Path, Path] | None = None  # (dataset, split) it was trained on: for its key prior
+
+
+def _student_identity(s: Student) -> dict[str, Any]:
+    """Which model a row is about: paths, the bundle's model fingerprint, and its training run's best validation
+    CER when the checkpoint's run folder has a ``results.json``."""
+    from emgkey.bundle import load_bundle
+    from emgkey.edge_runtime.profile_store import model_fingerprint
+
+    out: dict[str, Any] = {"name": s.name, "bundle": str(s.bundle), "checkpoint": str(s.checkpoint)}
+    out["model_fingerprint"] = model_fingerprint(load_bundle(s.bundle).manifest)
+    results = s.checkpoint.parent / "results.json" if s.checkpoint is not None else None
+    if results is not None and results.is_file():
+        out["best_val_cer"] = json.loads(results.read_text()).get("best_val_cer")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -458,6 +474,21 @@ def _no_keys(r: dict[str, Any]) -> str:
     return "-" if red is None else f"{_fmt(r['cer_after_no_keys'])} ({100 * red:+.1f}%)"
 
 
+def _identity_lines(s: dict[str, Any]) -> list[str]:
+    """Which models and which machine (results written before these were recorded have neither: no lines)."""
+    lines = []
+    for st in s.get("students", []):
+        if "model_fingerprint" in st:
+            val = st.get("best_val_cer")
+            best = f", best validation CER {val:.3f}" if isinstance(val, (int, float)) else ""
+            lines.append(f"- {st['name']}: model fingerprint {st['model_fingerprint'][:12]}{best}")
+    env = s.get("environment")
+    if env:
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items()))
+        lines.append(f"- environment: {env['cpu_model']} ({env['arch']}), Python {env['python']}, {versions}")
+    return [*lines, ""] if lines else []
+
+
 def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
@@ -476,6 +507,7 @@ def markdown(result: dict[str, Any]) -> str:
         "placement and anatomy difference off (band rotation, muscle positions and sizes, finger and key mixes): "
         "what it would do if calibration undid all of them.",
         "",
+        *_identity_lines(s),
         "Key rescoring (calibration step 3, when the bundle has a key prior): 'CER after' decodes with the user's "
         "key prototypes where the held-out prompts enabled them ('keys on': users), 'without keys' is the same "
         "profile decoded by plain greedy CTC. 'compute s' includes the key step.",
@@ -665,8 +697,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "budget_s": args.budget_s,
             "finetune_set": finetune_overrides(args.finetune_set),
             "strategies": args.strategies,
-            "students": [{"name": s.name, "bundle": str(s.bundle), "checkpoint": str(s.checkpoint)} for s in students],
+            "students": [_student_identity(s) for s in students],
             "machine": f"{os.cpu_count()} CPU cores (shared), 1 thread per calibration",
+            # what a rebuild must match to reproduce these numbers (a retrained model on another CPU or numpy can
+            # differ: docs/calibration.md, calibration_v3_keys6)
+            "environment": describe_device(),
             "population_seed": args.population_seed,
             "key_prior": None if args.no_keys else (list(args.key_prior) if args.key_prior else "tiny students' data"),
         },

@@ -74,3 +74,15 @@ def test_summary_reports_key_rescoring_beside_the_same_profile_without_it():
                 "budget_s": 30.0, "machine": "test"}  # fmt: skip
     md = markdown({"settings": settings, "summary": [s], "targets": []})
     assert "| 45.0 (+10.0%) | 1 |" in md
+
+
+def test_report_names_the_model_and_machine_when_recorded() -> None:
+    """A rebuilt model can differ from the one a committed table came from: the report says which it was."""
+    base = {"users": 2, "first_user": 1000, "profile": "armband8", "seconds": [60.0], "eval_seconds": 60.0,
+            "budget_s": 30.0, "machine": "test"}  # fmt: skip
+    assert "fingerprint" not in markdown({"settings": base, "summary": [], "targets": []})  # older results
+    env = {"cpu_model": "AMD EPYC", "arch": "x86_64", "python": "3.11.7", "versions": {"numpy": "2.4.6", "scipy": "1"}}
+    student = {"name": "tcn (tcn16)", "model_fingerprint": "0123456789abcdef", "best_val_cer": 43.2994}
+    md = markdown({"settings": {**base, "students": [student], "environment": env}, "summary": [], "targets": []})
+    assert "- tcn (tcn16): model fingerprint 0123456789ab, best validation CER 43.299" in md
+    assert "- environment: AMD EPYC (x86_64), Python 3.11.7, numpy 2.4.6, scipy 1" in md
