@@ -38,7 +38,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Weights are quantized to 7 bits (int8 values in [-64, 63]) by every method. x86 CPUs without VNNI (AVX2 only:
+# Weights are quantized to 7 bits (int8 values of size <= 64) by every method. x86 CPUs without VNNI (AVX2 only:
 # AMD Zen 3, Intel before Cascade Lake) multiply uint8 activations by int8 weights with an instruction that adds
 # pairs of products in int16 and saturates; full-range weights overflow it. On such a 2-core Zen 3 box no method's
 # 8-bit 16-user armband8 TCN stayed within `emgkey verify`'s int8 tolerance of fp32 (max |dlogp| 8.7-13, CER +1.8 to

@@ -116,3 +116,21 @@ def test_report_flags_a_float_weight(tmp_path):
     rep = quantize.int8_report(fp32)
     assert not rep["weights_8bit"] and rep["weight_elements_8bit"] == 0
     assert {w["op"] for w in rep["float_weights"]} >= {"Conv", "MatMul"}
+
+
+@pytest.mark.parametrize("method", ["ort_static", "ort_dynamic"])
+def test_int8_weights_use_7_bits_so_avx2_kernels_do_not_saturate(method, tmp_path):
+    """quantize.REDUCE_RANGE: every int8 weight is at most 64 in size (x86 without VNNI sums pairs of uint8 x int8
+    products in int16: 2 x 255 x 64 = 32640 fits, 2 x 255 x 127 does not), and the recipe says so."""
+    fp32, feeds = exported("tcn", tmp_path)
+    out = tmp_path / f"{method}.onnx"
+    recipe = quantize.quantize_onnx(fp32, out, method, feeds if method == "ort_static" else None)
+    assert "7-bit" in recipe["weights"]
+    weights = [
+        onnx.numpy_helper.to_array(t)
+        for t in onnx.load(str(out)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2
+    ]
+    assert weights, "no int8 weight initializers found"
+    assert all(int(np.abs(w.astype(np.int32)).max()) <= 64 for w in weights)
+    assert max(int(np.abs(w).max()) for w in weights) >= 32  # the range is used, not collapsed
