@@ -12,8 +12,11 @@
 # model's own training data. Every step is skipped when its output exists (a killed training resumes from last.pt),
 # so the script can be re-run after an interruption. Wall time on this 2-core machine, one model at a time: the
 # datasets 1-2 min each, training tcn16 ~14 min, tcn32 30-47, gru32 38-60 (the longer: two trainings side by side), bilstm32 ~53,
-# e2q ~26; a bench run 5-40 min. tcn16, tcn32, gru32 and bilstm32 retrain to the committed runs' best validation CER
-# exactly; e2q does not (41.05 vs 39.79 for calibration_v3_e2q's model, whose command was not recorded).
+# e2q ~26; a bench run 5-40 min. On the machine that made calibration_v3_keys5, tcn16, tcn32, gru32 and bilstm32
+# retrained to the committed runs' best validation CER exactly; e2q did not (41.05 vs 39.79 for calibration_v3_e2q's
+# model, whose command was not recorded). On another CPU the same commands give other models: on an AVX2-only AMD
+# Zen 3 box tcn16 reached 43.30 (keys5: 44.525), see calibration_v3_keys6/. The bench records each model's
+# fingerprint and best validation CER and the machine's CPU and package versions.
 # Two invocations side by side (different MODELs, same OUT) use both cores.
 #
 #   OUT/data/<dataset>/             armband8_32 (32 users x 4 sessions x 3 min, 2 held out), armband8_16 (16 x 4 x 3),
