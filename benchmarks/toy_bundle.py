@@ -478,9 +478,8 @@ def _quantize_onnx(fp32: bytes, tmp_dir: Path) -> bytes:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs advice about real models to the root logger
     try:
-        # 7-bit weights: on x86 without VNNI (AVX2 only, e.g. AMD Zen 3) ORT's u8 x s8 int8 kernels add pairs of
-        # products in int16 and saturate with full-range weights (this toy's int8 logits were 3.4 off, 0.02 with
-        # reduce_range, and failed `emgkey verify`); with VNNI, and on ARM, either works
+        # 7-bit weights, as export.quantize.REDUCE_RANGE (x86 without VNNI saturates with 8: this toy's int8 logits
+        # were 3.4 off there and failed `emgkey verify`; 0.02 with 7)
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=True)
         return dst.read_bytes()
     finally:

@@ -1,7 +1,8 @@
 """Post-training int8 quantization of ONNX graphs, measured rather than assumed.
 
 Three methods, each applied to the streaming graph of a student whose RNNs were
-rewritten as matrix products (``onnx_export.prepare_for_export``):
+rewritten as matrix products (``onnx_export.prepare_for_export``), all with 7-bit weights
+(``REDUCE_RANGE``):
 
 - ``ort_static``: ONNX Runtime ``quantize_static``, QDQ format, per-channel int8
   weights, uint8 activations calibrated (min/max) on windows of real training data,
@@ -42,9 +43,10 @@ log = logging.getLogger(__name__)
 # AMD Zen 3, Intel before Cascade Lake) multiply uint8 activations by int8 weights with an instruction that adds
 # pairs of products in int16 and saturates; full-range weights overflow it. On such a 2-core Zen 3 box no method's
 # 8-bit 16-user armband8 TCN stayed within `emgkey verify`'s int8 tolerance of fp32 (max |dlogp| 8.7-13, CER +1.8 to
-# +10.4 points on the selection windows), so its bundle shipped fp32 only; docs/export.md has the measurement with
-# 7-bit weights. A bundle is quantized once and may run on any of them (and on ARM, where 8 bits would be safe).
+# +10.4 points on the selection windows); docs/export.md has the measurement with 7 bits. A bundle is quantized once
+# and may run on any CPU (on VNNI and ARM, 8 bits would be safe).
 REDUCE_RANGE = True
+_WEIGHTS = "int8 per-channel" + (", 7-bit range" if REDUCE_RANGE else "")  # the recipes' "weights"
 
 Feed = dict[str, np.ndarray]
 METHODS: tuple[str, ...] = ("ort_static", "ort_dynamic", "nncf")
@@ -251,7 +253,7 @@ def quantize_onnx(
             recipe: dict[str, Any] = {
                 "tool": "onnxruntime.quantization.quantize_static",
                 "format": "QDQ",
-                "weights": "int8 per-channel" + (", 7-bit range" if REDUCE_RANGE else ""),
+                "weights": _WEIGHTS,
                 "activations": "uint8 per-tensor, min/max calibrated",
                 "ops": ["MatMul", "Gemm", "Conv"],
                 "bias": "float (shared by the unrolled steps)",
@@ -268,7 +270,7 @@ def quantize_onnx(
             )
             recipe = {
                 "tool": "onnxruntime.quantization.quantize_dynamic",
-                "weights": "int8 per-channel" + (", 7-bit range" if REDUCE_RANGE else ""),
+                "weights": _WEIGHTS,
                 "activations": "uint8 quantized at run time",
                 "gemm_rewritten_as_matmul": n,
             }
@@ -292,7 +294,7 @@ def quantize_onnx(
             recipe = {
                 "tool": "nncf.quantize (ONNX backend)",
                 "preset": "performance (symmetric int8)",
-                "weights": "int8 per-channel" + (", 7-bit range" if REDUCE_RANGE else ""),
+                "weights": _WEIGHTS,
                 "activations": "int8/uint8 calibrated",
                 "calibration_feeds": len(calibration),
             }
