@@ -16,9 +16,11 @@ venv: $(STAMP)
 
 # torch is installed first, alone and pinned, so pip takes the CPU wheel from
 # this machine's disk before any other package can ask a resolver for one.
+# requirements-constraints.txt pins every package (pip included) to the versions
+# the tests last passed with.
 $(STAMP): pyproject.toml requirements-constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
+	$(PIP) install -c requirements-constraints.txt --upgrade pip
 	$(PIP) install -c requirements-constraints.txt torch==2.13.0
 	$(PIP) install -c requirements-constraints.txt -e '.[all,dev]'
 	touch $(STAMP)

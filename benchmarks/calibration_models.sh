@@ -5,6 +5,8 @@
 #   BENCH=1 benchmarks/calibration_models.sh OUT tcn32      ... and run calibration_bench on each (users 1000-1007)
 #   BENCH=1 FIRST_USER=2000 SECONDS_LIST=60 ...             ... on the tuning users 2000-2007, 60 s only
 #   (also STRATEGIES="stats finetune", BENCH_ARGS="--finetune-set lr=1e-3", BENCH_TAG=_lr: a variant's folder suffix)
+#   SEED=1 benchmarks/calibration_models.sh OUT tcn16        another training of the same recipe and data (training
+#                                                            seed 1; runs/bundles/bench folders get the suffix _s1)
 #
 # The models of benchmarks/results/calibration_v3_keys4/ (simulator version 3), each: its dataset (`emgkey sim
 # dataset`, seed 0), its training run (config demo, 24 epochs, one thread, optim.align_delay_s=0.06), an ONNX bundle
@@ -35,6 +37,7 @@ SECONDS_LIST=${SECONDS_LIST:-15 30 60}
 BUDGET_S=${BUDGET_S:-30}
 STRATEGIES=${STRATEGIES:-stats finetune scratch}
 BENCH_ARGS=${BENCH_ARGS:-}   # more calibration_bench arguments, e.g. "--finetune-set lr=1e-3"
+SEED=${SEED:-0}              # the training seed; the datasets keep seed 0
 mkdir -p "$OUT"
 t0=$(date +%s)
 stamp() { echo "[calibration_models +$(($(date +%s) - t0))s] $*"; }
@@ -78,26 +81,28 @@ for model in $MODELS; do
     make_dataset "$ds"
     data="$OUT/data/$ds"
     split="$data/splits/generic.yaml"
-    run="$OUT/runs/$model/generic"
-    bundle="$OUT/bundles/$model"
+    name=$model
+    [[ "$SEED" != 0 ]] && name=${model}_s$SEED
+    run="$OUT/runs/$name/generic"
+    bundle="$OUT/bundles/$name"
     if [[ ! -f "$run/results.json" ]]; then
-        stamp "train $model ($arch on $ds, $EPOCHS epochs)"
+        stamp "train $name ($arch on $ds, $EPOCHS epochs, seed $SEED)"
         resume=()
         [[ -f "$run/last.pt" ]] && resume=(--resume)
         emgkey train --config demo --model "$arch" --data "$data" --split "$split" --out "$run" "${resume[@]}" \
-            --set "epochs=$EPOCHS" --set threads=1 --set progress=false --set optim.align_delay_s=0.06
+            --set "epochs=$EPOCHS" --set "seed=$SEED" --set threads=1 --set progress=false --set optim.align_delay_s=0.06
     fi
     if [[ ! -f "$bundle/manifest.json" ]]; then
-        stamp "export $model"
+        stamp "export $name"
         emgkey export bundle --checkpoint "$run/best.pt" --data "$data" --split "$split" --out "$bundle" --formats onnx
     fi
     if [[ "${BENCH:-0}" == 1 ]]; then
-        bench="$OUT/bench/${model}_u$FIRST_USER"
-        stamp "calibration bench $model, users $FIRST_USER.., seconds $SECONDS_LIST"
+        bench="$OUT/bench/${name}_u$FIRST_USER"
+        stamp "calibration bench $name, users $FIRST_USER.., seconds $SECONDS_LIST"
         # shellcheck disable=SC2086
         $PY -m emgkey.benchmarks.calibration_bench --bundle "$bundle" --checkpoint "$run/best.pt" \
             --key-prior "$data" "$split" --first-user "$FIRST_USER" --seconds $SECONDS_LIST --budget-s "$BUDGET_S" \
             --strategies $STRATEGIES --out "$bench${BENCH_TAG:-}" $BENCH_ARGS
     fi
-    stamp "$model done"
+    stamp "$name done"
 done
