@@ -216,7 +216,10 @@ class BundleOptions:
     tflite_recipes: tuple[str, ...] = tflite_export.RECIPES
     calibration_windows: int = 16  # training windows streamed for calibration
     calibration_feeds: int = 64  # chunk feeds kept from them
-    selection_windows: int = 16  # held-out windows scoring the int8 candidates
+    # Held-out windows scoring the int8 candidates. 64 x 4 s hold ~700 characters of simulated typing, so the
+    # 1-point CER tolerance is ~7 characters; 16 held ~170 and a 1-2 character flip decided whether a bundle
+    # shipped int8 at all (docs/export.md).
+    selection_windows: int = 64
     reference_windows: int = 6  # windows stored in reference.npz for `emgkey verify`
     window_s: float | None = None  # evaluation windows; None: the run's val_window_s (4 s by default)
     test_window_s: float | str | None = "config"  # accuracy at export: "config" = the run's test windows
