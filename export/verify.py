@@ -16,6 +16,9 @@ frame) and for the offline graph. For each (file, runtime) it measures:
   1e-9 moving to 1e-11 is 4.6 nats of nothing);
 - ``argmax_agreement``: fraction of frames with the same best class;
 - ``cer_delta``: greedy-decoded CER on the reference windows minus the reference's, in points.
+  Errors are whole characters, so the tolerance is read as the smallest whole number of
+  characters not below it (``cer_limit``): on a 61-character reference a 1-point tolerance
+  allows one extra error (1.6 points), not none; on 700 characters, eight.
 
 A pair within the tolerances for its precision is ``supported``; any other is
 recorded as unsupported with the reason, and ``require_runtime`` (hence
@@ -225,13 +228,23 @@ def compare(
             max_abs = max(max_abs, float(np.abs(g - r)[mask].max()))
         agree += int((g.argmax(-1) == r.argmax(-1)).sum())
         frames += len(g)
-    cer_got, _ = _cer(got, targets)
+    cer_got, n = _cer(got, targets)
     cer_ref, _ = _cer(ref, targets)
     return {
         "max_abs_logprob_diff": max_abs,
         "argmax_agreement": agree / max(frames, 1),
         "cer_delta": cer_got - cer_ref,
+        "target_chars": float(n),
     }
+
+
+def cer_limit(max_cer_delta: float, target_chars: float | None) -> float:
+    """The CER-delta tolerance in points that whole characters can meet: the smallest whole number of
+    characters not below ``max_cer_delta`` points of ``target_chars`` (unknown count: the tolerance as given)."""
+    if not target_chars:
+        return max_cer_delta
+    chars = math.ceil(max_cer_delta * target_chars / 100.0 - 1e-9)
+    return 100.0 * chars / target_chars
 
 
 def judge(metrics: Mapping[str, float], tol: Tolerance) -> tuple[bool, str]:
@@ -240,8 +253,10 @@ def judge(metrics: Mapping[str, float], tol: Tolerance) -> tuple[bool, str]:
         problems.append(f"max |dlogp| {metrics['max_abs_logprob_diff']:.3g} > {tol.max_abs_logprob_diff:g}")
     if not metrics["argmax_agreement"] >= tol.min_argmax_agreement:
         problems.append(f"argmax agreement {metrics['argmax_agreement']:.3f} < {tol.min_argmax_agreement:g}")
-    if not metrics["cer_delta"] <= tol.max_cer_delta:
-        problems.append(f"CER +{metrics['cer_delta']:.2f} points > {tol.max_cer_delta:g}")
+    n = metrics.get("target_chars")
+    if not metrics["cer_delta"] <= cer_limit(tol.max_cer_delta, n) + 1e-9:
+        of = f" ({round(cer_limit(tol.max_cer_delta, n) * n / 100)} of {n:.0f} characters)" if n else ""
+        problems.append(f"CER +{metrics['cer_delta']:.2f} points > {tol.max_cer_delta:g}{of}")
     return not problems, "; ".join(problems)
 
 
