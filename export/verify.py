@@ -254,8 +254,9 @@ def judge(metrics: Mapping[str, float], tol: Tolerance) -> tuple[bool, str]:
     if not metrics["argmax_agreement"] >= tol.min_argmax_agreement:
         problems.append(f"argmax agreement {metrics['argmax_agreement']:.3f} < {tol.min_argmax_agreement:g}")
     n = metrics.get("target_chars")
-    if not metrics["cer_delta"] <= cer_limit(tol.max_cer_delta, n) + 1e-9:
-        of = f" ({round(cer_limit(tol.max_cer_delta, n) * n / 100)} of {n:.0f} characters)" if n else ""
+    limit = cer_limit(tol.max_cer_delta, n)
+    if not metrics["cer_delta"] <= limit + 1e-9:
+        of = f" ({round(limit * n / 100)} of {n:.0f} characters)" if n else ""
         problems.append(f"CER +{metrics['cer_delta']:.2f} points > {tol.max_cer_delta:g}{of}")
     return not problems, "; ".join(problems)
 

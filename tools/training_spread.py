@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     order = ["stats", "finetune", "scratch"]  # cheapest first, as the benchmark runs them
     strategies = sorted(
         {s for _, d in runs for s in per_user(d, a.seconds)},
-        key=lambda s: (s not in order, order.index(s) if s in order else 0, s),
+        key=lambda s: (order.index(s) if s in order else len(order), s),
     )
     head = ["training", "best val CER", "generic CER"] + [f"{s}, {a.seconds:g} s" for s in strategies]
     print("| " + " | ".join(head) + " |")
