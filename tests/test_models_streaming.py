@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch", reason="models need the training extras (to
 from torch import Tensor  # noqa: E402
 
 from emgkey.train.models import STREAMING_MODELS, StreamingModel, build_model, default_config  # noqa: E402
+from emgkey.train.models.gru import GRUConfig  # noqa: E402
 from emgkey.train.models.registry import replace_config  # noqa: E402
 
 torch.set_num_threads(1)
@@ -75,6 +76,40 @@ def test_explicit_gru_streams_like_offline():
     with torch.no_grad():
         offline = model(x)
     torch.testing.assert_close(_stream(model, x, [4, 9, 1, 16]), offline, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("profile", ["emg2qwerty", "armband8"])
+def test_gru_with_conv_front_and_layer_norm_streams_any_chunking(profile):
+    """The conv blocks' caches are state like h; the explicit export GRU gives the same emissions."""
+    model = _model("gru", profile, layer_norm=True, conv_dilations=(1, 2, 4), conv_channels=12)
+    shapes = model.state_shapes(2)
+    assert shapes["conv_cache_0"] == (2, 2, 12) and shapes["conv_cache_2"] == (8, 2, 12), shapes
+    x = _features(model, 41)
+    with torch.no_grad():
+        offline = model(x)
+        # the conv front is causal: changing the future leaves the past emissions alone
+        later = x.clone()
+        later[30:] += 1.0
+        torch.testing.assert_close(model(later)[:30], offline[:30], atol=ATOL, rtol=0)
+    rng = random.Random(profile)
+    for sizes in ([41], [1] * 41, *(_random_sizes(41, rng, 16) for _ in range(3))):
+        torch.testing.assert_close(_stream(model, x, sizes), offline, atol=ATOL, rtol=0)
+    explicit = model.with_explicit_gru()
+    torch.testing.assert_close(_stream(explicit, x, [5, 17, 19]), offline, atol=ATOL, rtol=0)
+
+
+def test_gru_options_off_keep_the_parameter_names():
+    """A GRU checkpoint from before ``layer_norm`` / ``conv_dilations`` existed (its stored config lacks them, so
+    the dataclass defaults apply) loads unchanged; new GRUs get the LayerNorm from ``default_config``."""
+    assert default_config("gru", "armband8").layer_norm and not GRUConfig().layer_norm
+    names = set(_model("gru", layer_norm=False).state_dict())
+    assert not any(n.startswith(("in_norm", "out_norm", "conv_")) for n in names), sorted(names)
+    assert set(_model("gru").state_dict()) - names == {
+        "in_norm.weight",
+        "in_norm.bias",
+        "out_norm.weight",
+        "out_norm.bias",
+    }
 
 
 @pytest.mark.parametrize(

@@ -78,9 +78,10 @@ def test_gradual_unfreezing_and_layerwise_rates(tmp_path):
     for epoch in range(6):
         plan.apply(epoch)
         schedule[epoch] = trainable()
-    assert schedule[0] == schedule[1] == {"front", "classifier"}  # new input layers + head first
-    assert schedule[2] == schedule[3] == {"front", "classifier", "rnn.l1"}
-    assert schedule[4] == schedule[5] == {"front", "classifier", "rnn.l1", "rnn.l0"}
+    # new input layers + head first; each LayerNorm trains with the layer it feeds (out_norm: the head)
+    assert schedule[0] == schedule[1] == {"front", "out_norm", "classifier"}
+    assert schedule[2] == schedule[3] == {"front", "out_norm", "classifier", "rnn.l1"}
+    assert schedule[4] == schedule[5] == {"front", "out_norm", "classifier", "rnn.l1", "in_norm", "rnn.l0"}
     everything = plan_for(model, TransferConfig(init_from=str(path), unfreeze_every=0))
     everything.apply(0)
     assert all(p.requires_grad for p in model.parameters())

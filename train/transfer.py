@@ -108,7 +108,20 @@ def layer_groups(model: nn.Module, body_stages: int | None = None) -> list[Layer
         else:
             key = _body_key(name)
             body.setdefault(key, LayerGroup(key, "body", 0)).param_names.append(name)
-    ordered = list(body.values())[::-1]  # nearest the head first
+    # A normalisation layer between two layers (the GRU's in_norm / out_norm, the transformer's norm_in /
+    # norm_out) is not a stage of its own: it trains with the layer it feeds (the head, for the last one).
+    flow = list(body.values())  # registration order = data flow, input side first
+    kept: list[LayerGroup] = []
+    carry: list[str] = []
+    for g in flow:
+        if _norm_only(model, g.param_names):
+            carry += g.param_names
+            continue
+        g.param_names[:0] = carry
+        carry = []
+        kept.append(g)
+    group_head.param_names[:0] = carry
+    ordered = kept[::-1]  # nearest the head first
     if body_stages is not None and len(ordered) > body_stages:
         merged = []
         for chunk in _split_even(ordered, body_stages):
@@ -119,6 +132,11 @@ def layer_groups(model: nn.Module, body_stages: int | None = None) -> list[Layer
     for depth, g in enumerate(ordered, start=1):
         g.depth = depth
     return [group_in, group_head, *ordered]
+
+
+def _norm_only(model: nn.Module, param_names: list[str]) -> bool:
+    norms = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
+    return all(isinstance(model.get_submodule(n.rpartition(".")[0]), norms) for n in param_names)
 
 
 def _split_even(items: list[LayerGroup], n: int) -> list[list[LayerGroup]]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgkey.train.models.common import FrontEnd, ModelConfig, State, StreamingModel, check_positive
+from emgkey.train.models.tcn import CausalBlock
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,14 @@ class GRUConfig(ModelConfig):
     hidden_size: int = 160
     num_layers: int = 2
     dropout: float = 0.1  # between GRU layers and before the classifier
+    # LayerNorm (per frame) on the GRU's input and output. ``default_config`` turns it on (the emg2qwerty GRU
+    # never left CTC's all-blank plateau without it); False here so that checkpoints from before it load as trained
+    layer_norm: bool = False
+    # causal dilated conv blocks (the TCN's) between the front end and the GRU: local transient detectors, so
+    # the recurrence starts from features that already see a keystroke's ~100 ms burst. () = none
+    conv_dilations: tuple[int, ...] = ()
+    conv_channels: int = 96
+    conv_kernel: int = 3
     rnn_impl: str = "torch"  # "torch" (nn.GRU, training) or "explicit" (ExplicitGRU, quantizable export)
     chunk_frames: int = 8  # frames per forward_chunk in export; any size streams exactly
 
@@ -44,6 +53,13 @@ class GRUConfig(ModelConfig):
         assert 0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"
         assert self.rnn_impl in ("torch", "explicit"), f"rnn_impl must be 'torch' or 'explicit', not {self.rnn_impl!r}"
         assert self.chunk_frames >= 1, "chunk_frames must be >= 1"
+        assert all(int(d) >= 1 for d in self.conv_dilations), "conv_dilations must be ints >= 1"
+        assert self.conv_channels >= 1 and self.conv_kernel >= 1, "conv_channels and conv_kernel must be >= 1"
+
+    @property
+    def conv_contexts(self) -> tuple[int, ...]:
+        """Past frames each conv block needs (its cache length when streaming)."""
+        return tuple((self.conv_kernel - 1) * d for d in self.conv_dilations)
 
 
 class ExplicitGRU(nn.Module):
@@ -108,9 +124,20 @@ class GRUModel(StreamingModel):
         super().__init__()
         self.config = c = config
         self.front = FrontEnd(c.n_bands, c.channels, c.n_freq, c.mlp_features, c.offsets, c.pooling)
+        rnn_in = self.front.out_features
+        self.conv_proj: nn.Module = nn.Identity()
+        self.conv_blocks = nn.ModuleList()
+        if c.conv_dilations:
+            self.conv_proj = nn.Linear(rnn_in, c.conv_channels)
+            self.conv_blocks.extend(CausalBlock(c.conv_channels, c.conv_kernel, d, c.dropout) for d in c.conv_dilations)
+            rnn_in = c.conv_channels
+        # Registered in data-flow order (transfer's layer groups read it). Per frame, so chunked and
+        # whole-sequence runs stay identical.
+        self.in_norm: nn.Module = nn.LayerNorm(rnn_in) if c.layer_norm else nn.Identity()
         rnn_cls = nn.GRU if c.rnn_impl == "torch" else ExplicitGRU
         # nn.GRU warns when dropout is set with a single layer; it would be a no-op anyway.
-        self.rnn = rnn_cls(self.front.out_features, c.hidden_size, c.num_layers, dropout=c.dropout * (c.num_layers > 1))
+        self.rnn = rnn_cls(rnn_in, c.hidden_size, c.num_layers, dropout=c.dropout * (c.num_layers > 1))
+        self.out_norm: nn.Module = nn.LayerNorm(c.hidden_size) if c.layer_norm else nn.Identity()
         self.dropout = nn.Dropout(c.dropout)
         self.classifier = nn.Linear(c.hidden_size, c.num_classes)
 
@@ -119,21 +146,34 @@ class GRUModel(StreamingModel):
         return self.config.chunk_frames
 
     def state_shapes(self, batch_size: int = 1) -> dict[str, tuple[int, ...]]:
-        return {"h": (self.config.num_layers, batch_size, self.config.hidden_size)}
+        c = self.config
+        shapes: dict[str, tuple[int, ...]] = {"h": (c.num_layers, batch_size, c.hidden_size)}
+        for i, ctx in enumerate(c.conv_contexts):  # time first, like the TCN's caches
+            shapes[f"conv_cache_{i}"] = (ctx, batch_size, c.conv_channels)
+        return shapes
 
-    def _run(self, x: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
-        feats = self.front(x)  # (T, N, bands*mlp)
-        y, h_n = self.rnn(feats, h0)  # (T, N, H), (layers, N, H)
-        return F.log_softmax(self.classifier(self.dropout(y)), dim=-1), h_n  # (T, N, classes)
+    def _run(self, x: Tensor, h0: Tensor | None, caches: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        feats = self.conv_proj(self.front(x))  # (T, N, bands*mlp) or (T, N, conv_channels)
+        new_caches = []
+        for block, cache, ctx in zip(self.conv_blocks, caches, self.config.conv_contexts, strict=True):
+            xc = torch.cat([cache, feats], dim=0)  # (context+T, N, conv_channels)
+            new_caches.append(xc[xc.shape[0] - ctx :])  # the block's last `context` inputs
+            feats = block(xc)  # (T, N, conv_channels)
+        y, h_n = self.rnn(self.in_norm(feats), h0)  # (T, N, H), (layers, N, H)
+        return F.log_softmax(self.classifier(self.dropout(self.out_norm(y))), dim=-1), h_n, new_caches
+
+    def _caches(self, state: State) -> list[Tensor]:
+        return [state[f"conv_cache_{i}"] for i in range(len(self.conv_blocks))]
 
     def forward(self, x: Tensor, input_lengths: Tensor | None = None) -> Tensor:
         # Causal: right padding cannot reach valid frames, so input_lengths is not needed.
-        return self._run(x, None)[0]
+        zeros = self.init_state(x.shape[1])
+        return self._run(x, None, self._caches(zeros))[0]
 
     def forward_chunk(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         self._check_state(state, x.shape[1])
-        log_probs, h = self._run(x, state["h"])
-        return log_probs, {"h": h}
+        log_probs, h, caches = self._run(x, state["h"], self._caches(state))
+        return log_probs, {"h": h, **{f"conv_cache_{i}": c for i, c in enumerate(caches)}}
 
     def with_explicit_gru(self) -> GRUModel:
         """A copy with ``ExplicitGRU`` in place of ``nn.GRU`` (same weights), for export."""

@@ -85,7 +85,9 @@ def default_config(
 
     sized: dict[str, Any]
     if name == "gru":
-        sized = {"chunk_frames": chunk}
+        # LayerNorm around the recurrence: without it the emg2qwerty GRU never left CTC's all-blank plateau
+        # (docs/training.md, "The GRU's LayerNorm")
+        sized = {"chunk_frames": chunk, "layer_norm": True}
         if size == "tiny":
             sized |= {"mlp_features": (8,), "hidden_size": 24, "num_layers": 2}
     elif name == "tcn":
