@@ -46,8 +46,8 @@ def make_checkpoint(path, name="gru"):
         bn.running_mean.normal_(0.0, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
         # Like a trained CTC model, mostly blank with confident keys: an untrained model's near-ties between
-        # classes flip under any 8-bit rounding (the LayerNorm GRU's inserted 60 characters in 21), and the
-        # int8 CER criterion would then be judging noise.
+        # classes flip under any 8-bit rounding (a random LayerNorm GRU: 64-70 errors on 21 characters, int8
+        # CER +9.5 points at max |dlogp| 0.04), and the int8 CER criterion would then be judging noise.
         head = getattr(model, "classifier", None)
         if isinstance(head, torch.nn.Linear):
             head.bias.data[charset.BLANK] += 4.0
