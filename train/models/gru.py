@@ -168,7 +168,7 @@ class GRUModel(StreamingModel):
     def forward(self, x: Tensor, input_lengths: Tensor | None = None) -> Tensor:
         # Causal: right padding cannot reach valid frames, so input_lengths is not needed.
         zeros = self.init_state(x.shape[1])
-        return self._run(x, None, self._caches(zeros))[0]
+        return self._run(x, zeros["h"], self._caches(zeros))[0]
 
     def forward_chunk(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         self._check_state(state, x.shape[1])
