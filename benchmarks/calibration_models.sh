@@ -8,12 +8,13 @@
 #   SEED=1 benchmarks/calibration_models.sh OUT tcn16        another training of the same recipe and data (training
 #                                                            seed 1; runs/bundles/bench folders get the suffix _s1)
 #
-# The models of benchmarks/results/calibration_v3_keys4/ (simulator version 3), each: its dataset (`emgkey sim
-# dataset`, seed 0), its training run (config demo, 24 epochs, one thread, optim.align_delay_s=0.06), an ONNX bundle
-# (fp32 + int8), and with BENCH=1 `calibration_bench --seconds 15 30 60 --budget-s 30` with a key prior from the
+# The models of benchmarks/results/calibration_v3_keys4/ to calibration_v3_ln/ (simulator version 3), each: its
+# dataset (`emgkey sim dataset`, seed 0), its training run (config demo, 24 epochs, one thread,
+# optim.align_delay_s=0.06), an ONNX bundle (fp32, and int8 when a candidate is within the export's tolerance),
+# and with BENCH=1 `calibration_bench --seconds 15 30 60 --budget-s 30` with a key prior from the
 # model's own training data. Every step is skipped when its output exists (a killed training resumes from last.pt),
 # so the script can be re-run after an interruption. Wall time on this 2-core machine, one model at a time: the
-# datasets 1-2 min each, training tcn16 ~14 min, tcn32 30-47, gru32 38-60 (the longer: two trainings side by side), bilstm32 ~53,
+# datasets 1-2 min each, training tcn16 ~14 min, tcn32 30-47, gru32 38-67 (the longer: two trainings side by side), bilstm32 53-81,
 # e2q ~26; a bench run 5-40 min. On the machine that made calibration_v3_keys5, tcn16, tcn32, gru32 and bilstm32
 # retrained to the committed runs' best validation CER exactly; e2q did not (41.05 vs 39.79 for calibration_v3_e2q's
 # model, whose command was not recorded). On another CPU the same commands give other models: on an AVX2-only AMD
