@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emgkey.train.models.common import FrontEnd, ModelConfig, State, StreamingModel, check_positive
-from emgkey.train.models.tcn import CausalBlock
+from emgkey.train.models.tcn import CausalBlock, run_cached_blocks
 
 
 @dataclass(frozen=True)
@@ -154,11 +154,7 @@ class GRUModel(StreamingModel):
 
     def _run(self, x: Tensor, h0: Tensor | None, caches: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
         feats = self.conv_proj(self.front(x))  # (T, N, bands*mlp) or (T, N, conv_channels)
-        new_caches = []
-        for block, cache, ctx in zip(self.conv_blocks, caches, self.config.conv_contexts, strict=True):
-            xc = torch.cat([cache, feats], dim=0)  # (context+T, N, conv_channels)
-            new_caches.append(xc[xc.shape[0] - ctx :])  # the block's last `context` inputs
-            feats = block(xc)  # (T, N, conv_channels)
+        feats, new_caches = run_cached_blocks(self.conv_blocks, caches, self.config.conv_contexts, feats)
         y, h_n = self.rnn(self.in_norm(feats), h0)  # (T, N, H), (layers, N, H)
         return F.log_softmax(self.classifier(self.dropout(self.out_norm(y))), dim=-1), h_n, new_caches
 

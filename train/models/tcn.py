@@ -10,6 +10,7 @@ the same ``[context, new frames]`` tensor, so any chunking reproduces ``forward`
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -70,6 +71,19 @@ class CausalBlock(nn.Module):
         return self.norm(x[self.context :] + self.dropout(y))  # (T, N, H)
 
 
+def run_cached_blocks(
+    blocks: Iterable[nn.Module], caches: Sequence[Tensor], contexts: Sequence[int], h: Tensor
+) -> tuple[Tensor, list[Tensor]]:
+    """Causal blocks in turn over ``h`` (T, N, C), each fed its cache of the previous chunk's last inputs first;
+    returns the output (T, N, C) and each block's new cache (its last ``context`` inputs; none when 0)."""
+    new_caches = []
+    for block, cache, ctx in zip(blocks, caches, contexts, strict=True):
+        xc = torch.cat([cache, h], dim=0)  # (context+T, N, C)
+        new_caches.append(xc[xc.shape[0] - ctx :])
+        h = block(xc)  # (T, N, C)
+    return h, new_caches
+
+
 class TCNModel(StreamingModel):
     def __init__(self, config: TCNConfig) -> None:
         super().__init__()
@@ -94,12 +108,7 @@ class TCNModel(StreamingModel):
         return {f"conv_cache_{i}": (ctx, batch_size, H) for i, ctx in enumerate(self.contexts)}
 
     def _run(self, x: Tensor, caches: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        h = self.in_proj(self.front(x))  # (T, N, H)
-        new_caches = []
-        for block, cache, ctx in zip(self.blocks, caches, self.contexts, strict=True):
-            xc = torch.cat([cache, h], dim=0)  # (context+T, N, H)
-            new_caches.append(xc[xc.shape[0] - ctx :])  # this block's last `context` inputs (none when ctx == 0)
-            h = block(xc)  # (T, N, H)
+        h, new_caches = run_cached_blocks(self.blocks, caches, self.contexts, self.in_proj(self.front(x)))  # (T, N, H)
         return F.log_softmax(self.classifier(h), dim=-1), new_caches  # (T, N, classes)
 
     def forward(self, x: Tensor, input_lengths: Tensor | None = None) -> Tensor:
