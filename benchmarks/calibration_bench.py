@@ -609,6 +609,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "that has none; tiny students get one from their own training data",
     )  # fmt: skip
     p.add_argument("--no-keys", action="store_true", help="calibrate without the key step (bundle priors ignored)")
+    p.add_argument(
+        "--key-prior-align-bands", action="store_true", help="the added key prior rolls bands onto one frame (keyalign)"
+    )
     p.add_argument("--quick", action="store_true", help="2 users, 30 and 60 s, 15 s budgets: a smoke run")
     small = p.add_argument_group("without --bundle: train small students first")
     small.add_argument("--students", nargs="+", default=["gru"], help="tiny students to train (gru, tcn, bilstm)")
@@ -658,7 +661,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             log.info("%s: key prior from %s", st.name, prior_src[0])
             try:
-                add_key_prior(copy, fit_key_prior(load_bundle(copy), *prior_src))
+                add_key_prior(
+                    copy, fit_key_prior(load_bundle(copy), *prior_src, align_bands=args.key_prior_align_bands)
+                )
             except KeyProtoError as exc:  # e.g. a tiny dataset: calibrate without the key step
                 skipped.append(f"{st.name} / key prior: {exc}")
         for i, strategy in enumerate(args.strategies):
@@ -704,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "environment": describe_device(),
             "population_seed": args.population_seed,
             "key_prior": None if args.no_keys else (list(args.key_prior) if args.key_prior else "tiny students' data"),
+            "key_prior_align_bands": args.key_prior_align_bands,
         },
         "summary": summary,
         "targets": targets(summary),

@@ -59,6 +59,7 @@ from emgkey import charset
 from emgkey.atomic import atomic_write_bytes
 from emgkey.bundle import Bundle, sha256_file
 from emgkey.edge_runtime.keyadapt import KeyAdaptation, generalized_basis
+from emgkey.edge_runtime.keyalign import align_sessions, class_means, estimate_roll, inverse, max_roll, roll_index
 from emgkey.errors import EmgkeyError
 from emgkey.lda import lda_stats, lda_weights, shrunk, within_between
 
@@ -300,29 +301,39 @@ class KeyPrior:
         shrinkage: float = 0.3,
         min_count: int = 20,
         info: dict[str, Any] | None = None,
+        align_bands: bool = False,
     ) -> KeyPrior:
         """One (n_i, D) array of key vectors and (n_i,) labels per session; each session centred on its own mean.
 
         ``cov`` is the (shrunk) covariance around each *session's* class means and ``between`` the spread of
         those means (``emgkey.lda.within_between``): a user's calibration presses then move the class means
-        along the directions users actually differ in (``fit_profile``).
+        along the directions users actually differ in (``fit_profile``). ``align_bands``: roll each session's
+        bands onto a common electrode frame first (``keyalign``; ``info["band_aligned"]``, and a user's presses
+        are then rolled onto the prior's means before they move them).
         """
         assert len(vectors) == len(labels) and vectors, "one label array per vector array, at least one session"
-        x = np.concatenate([v - v.mean(axis=0) for v in vectors if len(v)])  # (N, D)
-        y = np.concatenate([np.asarray(lab) for v, lab in zip(vectors, labels) if len(v)])
-        session = np.concatenate([np.full(len(v), i) for i, v in enumerate(vectors) if len(v)])
+        vectors = [v - v.mean(axis=0) for v in vectors if len(v)]
+        labels = [np.asarray(lab) for v, lab in zip(vectors, labels) if len(v)]
+        y = np.concatenate(labels)
         classes, counts = np.unique(y, return_counts=True)
         keep = counts >= min_count
         classes, counts = classes[keep], counts[keep]
         if len(classes) < 2:
             raise KeyProtoError(f"only {len(classes)} characters have {min_count}+ aligned presses: too little data")
+        extra: dict[str, Any] = {}
+        if align_bands:
+            rolls = align_sessions(vectors, labels, classes, frame_shape, max_roll(frame_shape))
+            vectors = [v[:, roll_index(r, frame_shape, v.shape[1])] for v, r in zip(vectors, rolls)]
+            extra = {"band_aligned": True, "band_rolls": rolls.tolist()}
+        x = np.concatenate(vectors)  # (N, D)
+        session = np.concatenate([np.full(len(v), i) for i, v in enumerate(vectors)])
         index = {int(c): i for i, c in enumerate(classes)}
         sel = np.isin(y, classes)
         yi = np.array([index[int(c)] for c in y[sel]])
         means, pooled = lda_stats(x[sel], yi, len(classes), shrinkage)
         within, between = within_between(x[sel], yi, session[sel], means)
         cov = pooled if between is None else shrunk(within, shrinkage)
-        meta = {"shrinkage": shrinkage, "min_count": min_count, "presses": int(sel.sum()), **(info or {})}
+        meta = {"shrinkage": shrinkage, "min_count": min_count, "presses": int(sel.sum()), **extra, **(info or {})}
         return cls(
             classes.astype(np.int64),
             means,
@@ -518,6 +529,14 @@ def fit_profile(
         raise KeyProtoError(f"{len(vectors)} aligned presses, a key profile needs {cfg.min_presses}")
     centre = vectors.mean(axis=0)
     x = vectors - centre
+    gz = None if gaps is None else gaps - centre  # (m, D) centred like the presses
+    perm = None
+    if prior.info.get("band_aligned"):  # fit in the prior's electrode frame, map the result back (keyalign)
+        um, un = class_means(x, labels, prior.classes)
+        roll = estimate_roll(um, prior.means, un, prior.frame_shape, max_roll(prior.frame_shape))
+        perm = roll_index(roll, prior.frame_shape, x.shape[1])
+        x = x[:, perm]
+        gz = None if gz is None else gz[:, perm]
     means = prior.means.copy()
     used = {}
     for i, c in enumerate(prior.classes):
@@ -527,21 +546,29 @@ def fit_profile(
             means[i] = _map_mean(prior, means[i], x[sel].mean(axis=0), n, cfg.tau)
             used[charset.labels_to_str([int(c)])] = n
     classes = prior.classes.copy()
-    no_press = gaps is not None and len(gaps) >= cfg.min_gaps
+    no_press = gz is not None and len(gz) >= cfg.min_gaps
     if no_press:
-        assert gaps is not None
-        means = np.vstack([means, (gaps - centre).mean(axis=0)])  # the user's own: there are plenty
+        assert gz is not None
+        means = np.vstack([means, gz.mean(axis=0)])  # the user's own: there are plenty
         classes = np.append(classes, charset.BLANK)
     w, b = lda_weights(means, prior.cov)
     if no_press:
         b[-1] += cfg.no_press_bias
     adapt = None
+    prior_means = prior.means
     if prior.between is not None and cfg.adapt_weight > 0:
         basis, eig = generalized_basis(prior.between, prior.cov)
         sums = np.stack([x[labels == c].sum(axis=0) for c in prior.classes])  # (K0, D)
         counts = np.array([float((labels == c).sum()) for c in prior.classes])
-        adapt = KeyAdaptation(prior.means, basis, eig, sums, counts, cfg.adapt_weight, cfg.adapt_min_posterior)
+        if perm is not None:  # back to the user's frame: coordinate perm[j] of theirs is j of the prior's
+            inv = inverse(perm)
+            prior_means, basis, sums = prior_means[:, inv], basis[inv], sums[:, inv]
+        adapt = KeyAdaptation(prior_means, basis, eig, sums, counts, cfg.adapt_weight, cfg.adapt_min_posterior)
+    if perm is not None:
+        w = w[inverse(perm)]  # z_user @ w[inv] == z_user[perm] @ w
     info: dict[str, Any] = {"presses": len(vectors), "classes_seen": len(used), "classes": len(prior.classes)}
+    if perm is not None:
+        info["band_roll"] = roll.tolist()
     info["tau"] = cfg.tau
     info["adaptation"] = "tau" if prior.between is None else "two-covariance"
     info["no_press_gaps"] = 0 if gaps is None else len(gaps)

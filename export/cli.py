@@ -77,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--shrinkage", type=float, default=0.3, help="covariance shrinkage towards the identity")
     k.add_argument("--min-count", type=int, default=20, help="aligned presses a character needs to be a class")
     k.add_argument("--threads", type=int, default=1)
+    k.add_argument(
+        "--align-bands", action="store_true", help="roll each session's bands onto one electrode frame (keyalign)"
+    )
     k.set_defaults(func=_keyprior)
 
     v = sub.add_parser("verify", help="run a bundle's files on every installed runtime against its fp32 reference")
@@ -99,6 +102,7 @@ def _keyprior(args: argparse.Namespace) -> int:
         shrinkage=args.shrinkage,
         min_count=args.min_count,
         threads=args.threads,
+        align_bands=args.align_bands,
     )
     print(json.dumps(add_key_prior(args.bundle, prior), indent=2))
     return 0

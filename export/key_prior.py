@@ -41,8 +41,10 @@ def fit_key_prior(
     min_count: int = 20,
     spec: KeyFeatureSpec | None = None,
     threads: int = 1,
+    align_bands: bool = False,
 ) -> KeyPrior:
-    """Up to ``sessions`` training sessions of the split, spread evenly over its list."""
+    """Up to ``sessions`` training sessions of the split, spread evenly over its list; ``align_bands``: roll the
+    sessions' bands onto one electrode frame (``edge_runtime.keyalign``)."""
     from tqdm import tqdm
 
     m = bundle.manifest
@@ -79,7 +81,15 @@ def fit_key_prior(
         raise KeyProtoError("no training session could be aligned by the bundle's model")
     info = {"sessions": names, "unaligned_sessions": skipped, "split": str(split_file), "data": str(data_root)}
     return KeyPrior.fit(
-        xs, ys, spec, m.features.frame_rate_hz, frame_shape, shrinkage=shrinkage, min_count=min_count, info=info
+        xs,
+        ys,
+        spec,
+        m.features.frame_rate_hz,
+        frame_shape,
+        shrinkage=shrinkage,
+        min_count=min_count,
+        info=info,
+        align_bands=align_bands,
     )
 
 
