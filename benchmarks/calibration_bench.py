@@ -610,7 +610,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--no-keys", action="store_true", help="calibrate without the key step (bundle priors ignored)")
     p.add_argument(
-        "--key-prior-align-bands", action="store_true", help="the added key prior rolls bands onto one frame (keyalign)"
+        "--key-prior-align-bands",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the added key prior rolls the sessions' bands onto one frame (keyalign; default: on, as export's)",
     )
     p.add_argument("--quick", action="store_true", help="2 users, 30 and 60 s, 15 s budgets: a smoke run")
     small = p.add_argument_group("without --bundle: train small students first")

@@ -78,7 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--min-count", type=int, default=20, help="aligned presses a character needs to be a class")
     k.add_argument("--threads", type=int, default=1)
     k.add_argument(
-        "--align-bands", action="store_true", help="roll each session's bands onto one electrode frame (keyalign)"
+        "--align-bands",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="roll each session's bands onto one electrode frame first (keyalign; default: on)",
     )
     k.set_defaults(func=_keyprior)
 

@@ -41,10 +41,11 @@ def fit_key_prior(
     min_count: int = 20,
     spec: KeyFeatureSpec | None = None,
     threads: int = 1,
-    align_bands: bool = False,
+    align_bands: bool = True,
 ) -> KeyPrior:
     """Up to ``sessions`` training sessions of the split, spread evenly over its list; ``align_bands``: roll the
-    sessions' bands onto one electrode frame (``edge_runtime.keyalign``)."""
+    sessions' bands onto one electrode frame first (``edge_runtime.keyalign``; on simulated users it took 1.7-5.7
+    points more of the generic CER away, docs/calibration.md)."""
     from tqdm import tqdm
 
     m = bundle.manifest

@@ -378,6 +378,12 @@ def test_export_keyprior_adds_a_hash_checked_prior_and_keeps_the_model_fingerpri
     assert got is not None
     np.testing.assert_array_equal(got.means, prior.means)
     assert len(got.info["sessions"]) == 2  # the split's training sessions (one per training user)
+    # bands aligned by default (keyalign); --no-align-bands writes the plain pooled prior
+    assert got.info["band_aligned"] is True and len(got.info["band_rolls"]) == 2
+    plain = fit_key_prior(load_bundle(bundle), root, split, sessions=4, min_count=1, align_bands=False)
+    assert "band_aligned" not in plain.info
+    assert main([*argv, "--min-count", "1", "--no-align-bands"]) == 0
+    assert "band_aligned" not in bundle_key_prior(load_bundle(bundle)).info
     data = bytearray((bundle / "keyprior.npz").read_bytes())
     data[-30] ^= 0xFF
     (bundle / "keyprior.npz").write_bytes(bytes(data))
