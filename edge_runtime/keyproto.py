@@ -67,7 +67,10 @@ PRIOR_FORMAT = "emgkey-keyprior"
 PROFILE_FORMAT = "emgkey-keyprofile"
 FORMAT_VERSION = 3  # key profiles; 2 added ``blank_offset`` and the no-press class, 3 ``input_map`` and ``adapt``
 _ADAPT_ARRAYS = ("prior_means", "basis", "eig", "sums", "counts")  # KeyAdaptation's arrays, as adapt_<name>
-PRIOR_FORMAT_VERSION = 2  # 2 added ``between`` (a prior without it is written, and read, as version 1)
+# 2 added ``between`` (a prior without it is written, and read, as version 1); 3: band-aligned
+# (``info["band_aligned"]``): its means are in a common electrode frame, which a reader that does not roll a user's
+# presses onto them would silently misuse, so such a prior says 3 and older readers refuse it
+PRIOR_FORMAT_VERSION = 3
 
 
 class KeyProtoError(EmgkeyError, ValueError):
@@ -346,10 +349,16 @@ class KeyPrior:
             between,
         )
 
+    def format_version(self) -> int:
+        """The lowest version that describes this prior (an emgkey that reads it decodes it the same way)."""
+        if self.info.get("band_aligned"):
+            return 3
+        return 2 if self.between is not None else 1
+
     def header(self) -> dict[str, Any]:
         return {
             "format": PRIOR_FORMAT,
-            "format_version": PRIOR_FORMAT_VERSION if self.between is not None else 1,
+            "format_version": self.format_version(),
             "spec": self.spec.to_dict(),
             "frame_rate_hz": self.frame_rate_hz,
             "frame_shape": list(self.frame_shape),

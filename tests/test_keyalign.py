@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emgkey import charset
+from emgkey.edge_runtime import keyproto
 from emgkey.edge_runtime.keyalign import align_sessions, estimate_roll, inverse, max_roll, roll_index
-from emgkey.edge_runtime.keyproto import KeyFeatureSpec, KeyFitConfig, KeyPrior, fit_profile
+from emgkey.edge_runtime.keyproto import KeyFeatureSpec, KeyFitConfig, KeyPrior, KeyProtoError, fit_profile
 
 SHAPE = (2, 8, 6)  # (n_bands, C, n_freq): two 8-electrode bands
 SPEC = KeyFeatureSpec()
@@ -89,6 +90,19 @@ def test_an_aligned_prior_is_sharper_and_says_so(tmp_path: Path) -> None:
     assert np.trace(aligned.between) < 0.2 * np.trace(plain.between), "the users' rotations made most of B"
     back = KeyPrior.load(aligned.save(tmp_path / "p.npz"))
     assert back.info["band_aligned"] is True
+    assert back.header()["format_version"] == 3 and plain.header()["format_version"] == 2
+
+
+def test_a_reader_that_does_not_align_refuses_an_aligned_prior(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An emgkey that reads priors up to version 2 would fit a user's unrolled presses against rolled means."""
+    rng = np.random.default_rng(5)
+    _, xs, ys = _sessions(rng, [(0, 0), (1, -1), (-1, 0), (0, 1)])
+    aligned = KeyPrior.fit(xs, ys, SPEC, FPS, SHAPE, min_count=10, align_bands=True).save(tmp_path / "a.npz")
+    plain = KeyPrior.fit(xs, ys, SPEC, FPS, SHAPE, min_count=10).save(tmp_path / "p.npz")
+    monkeypatch.setattr(keyproto, "PRIOR_FORMAT_VERSION", 2)
+    assert KeyPrior.load(plain).between is not None  # version 2: still read
+    with pytest.raises(KeyProtoError, match="version"):
+        KeyPrior.load(aligned)
 
 
 @settings(max_examples=15, deadline=None)
