@@ -496,8 +496,9 @@ class KeyFitConfig:
     adapt_weight: float = 0.5
     adapt_min_posterior: float = 0.9
     # a fine-tuned model (strategy 2) already names this user's keys better than the generic one: its profiles
-    # weigh the key model less and let more runs past the blank (chosen on users 2000-2007, docs/calibration.md)
-    lam_finetuned: float = 0.5
+    # let more runs past the blank (chosen on users 2000-2007, docs/calibration.md). lam 0.5 with the pooled
+    # prior; 0.75 since the band-aligned prior (best fine-tuned lam for all 8 students / trainings swept)
+    lam_finetuned: float = 0.75
     blank_offset_finetuned: float = 2.0
 
     def for_strategy(self, strategy: str) -> KeyFitConfig:

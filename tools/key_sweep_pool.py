@@ -19,6 +19,8 @@ import re
 import statistics
 from pathlib import Path
 
+from emgkey.edge_runtime.keyproto import KeyFitConfig
+
 LINE = re.compile(r"user (\d+) (\w+) \(chose (\w+)\): before ([\d.]+), after (.*)")
 
 
@@ -27,9 +29,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("sweeps", nargs="+", type=Path)
     p.add_argument("--lam", type=float, nargs="+", required=True, help="as given to key_sweep")
     p.add_argument("--blank-offset", type=float, nargs="+", required=True, help="as given to key_sweep")
-    p.add_argument("--shipped", type=float, nargs=4, default=[0.75, 1.0, 0.5, 2.0],
+    fit = KeyFitConfig()
+    shipped = [fit.lam, fit.blank_offset, fit.lam_finetuned, fit.blank_offset_finetuned]
+    p.add_argument("--shipped", type=float, nargs=4, default=shipped,
                    metavar=("LAM_BASE", "OFFSET_BASE", "LAM_FT", "OFFSET_FT"),
-                   help="the settings to compare with")  # fmt: skip
+                   help="the settings to compare with (default: KeyFitConfig's)")  # fmt: skip
     p.add_argument("--top", type=int, default=5)
     a = p.parse_args(argv)
     grid = list(itertools.product(a.lam, a.blank_offset))  # key_sweep's order
