@@ -315,8 +315,9 @@ class KeyPrior:
         are then rolled onto the prior's means before they move them).
         """
         assert len(vectors) == len(labels) and vectors, "one label array per vector array, at least one session"
-        vectors = [v - v.mean(axis=0) for v in vectors if len(v)]
-        labels = [np.asarray(lab) for v, lab in zip(vectors, labels) if len(v)]
+        kept = [(v, np.asarray(lab)) for v, lab in zip(vectors, labels) if len(v)]  # sessions with presses
+        vectors = [v - v.mean(axis=0) for v, _ in kept]
+        labels = [lab for _, lab in kept]
         y = np.concatenate(labels)
         classes, counts = np.unique(y, return_counts=True)
         keep = counts >= min_count

@@ -44,8 +44,8 @@ def fit_key_prior(
     align_bands: bool = True,
 ) -> KeyPrior:
     """Up to ``sessions`` training sessions of the split, spread evenly over its list; ``align_bands``: roll the
-    sessions' bands onto one electrode frame first (``edge_runtime.keyalign``; on simulated users it took 1.7-5.7
-    points more of the generic CER away, docs/calibration.md)."""
+    sessions' bands onto one electrode frame first (``edge_runtime.keyalign``; on simulated users it took 0.5-5.8
+    points more of the generic CER away, every student and strategy, docs/calibration.md)."""
     from tqdm import tqdm
 
     m = bundle.manifest

@@ -93,6 +93,19 @@ def test_an_aligned_prior_is_sharper_and_says_so(tmp_path: Path) -> None:
     assert back.header()["format_version"] == 3 and plain.header()["format_version"] == 2
 
 
+@pytest.mark.parametrize("align", [False, True])
+def test_a_session_without_presses_changes_nothing(align: bool) -> None:
+    """An empty session (a recording the model aligned no press in) is dropped with its labels, not beside them."""
+    rng = np.random.default_rng(6)
+    _, xs, ys = _sessions(rng, [(0, 0), (1, -1), (-1, 0), (0, 1)])
+    empty_x, empty_y = np.zeros((0, D)), np.zeros(0, dtype=np.int64)
+    ref = KeyPrior.fit(xs, ys, SPEC, FPS, SHAPE, min_count=10, align_bands=align)
+    got = KeyPrior.fit([empty_x, *xs], [empty_y, *ys], SPEC, FPS, SHAPE, min_count=10, align_bands=align)
+    np.testing.assert_array_equal(got.classes, ref.classes)
+    np.testing.assert_allclose(got.means, ref.means)
+    np.testing.assert_allclose(got.cov, ref.cov)
+
+
 def test_a_reader_that_does_not_align_refuses_an_aligned_prior(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An emgkey that reads priors up to version 2 would fit a user's unrolled presses against rolled means."""
     rng = np.random.default_rng(5)
