@@ -615,6 +615,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="the added key prior rolls the sessions' bands onto one frame (keyalign; default: on, as export's)",
     )
+    p.add_argument(
+        "--key-prior-sessions",
+        type=int,
+        default=16,
+        help="training sessions the added key prior is fitted on (as export keyprior's --sessions; default 16)",
+    )
     p.add_argument("--quick", action="store_true", help="2 users, 30 and 60 s, 15 s budgets: a smoke run")
     small = p.add_argument_group("without --bundle: train small students first")
     small.add_argument("--students", nargs="+", default=["gru"], help="tiny students to train (gru, tcn, bilstm)")
@@ -665,7 +671,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%s: key prior from %s", st.name, prior_src[0])
             try:
                 add_key_prior(
-                    copy, fit_key_prior(load_bundle(copy), *prior_src, align_bands=args.key_prior_align_bands)
+                    copy,
+                    fit_key_prior(
+                        load_bundle(copy),
+                        *prior_src,
+                        sessions=args.key_prior_sessions,
+                        align_bands=args.key_prior_align_bands,
+                    ),
                 )
             except KeyProtoError as exc:  # e.g. a tiny dataset: calibrate without the key step
                 skipped.append(f"{st.name} / key prior: {exc}")
@@ -713,6 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "population_seed": args.population_seed,
             "key_prior": None if args.no_keys else (list(args.key_prior) if args.key_prior else "tiny students' data"),
             "key_prior_align_bands": args.key_prior_align_bands,
+            "key_prior_sessions": args.key_prior_sessions,
         },
         "summary": summary,
         "targets": targets(summary),
