@@ -618,8 +618,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--key-prior-sessions",
         type=int,
-        default=16,
-        help="training sessions the added key prior is fitted on (as export keyprior's --sessions; default 16)",
+        default=None,
+        help="training sessions the added key prior is fitted on (default: export keyprior's)",
     )
     p.add_argument("--quick", action="store_true", help="2 users, 30 and 60 s, 15 s budgets: a smoke run")
     small = p.add_argument_group("without --bundle: train small students first")
@@ -675,8 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fit_key_prior(
                         load_bundle(copy),
                         *prior_src,
-                        sessions=args.key_prior_sessions,
                         align_bands=args.key_prior_align_bands,
+                        **({} if args.key_prior_sessions is None else {"sessions": args.key_prior_sessions}),
                     ),
                 )
             except KeyProtoError as exc:  # e.g. a tiny dataset: calibrate without the key step
@@ -725,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "population_seed": args.population_seed,
             "key_prior": None if args.no_keys else (list(args.key_prior) if args.key_prior else "tiny students' data"),
             "key_prior_align_bands": args.key_prior_align_bands,
-            "key_prior_sessions": args.key_prior_sessions,
+            "key_prior_sessions": args.key_prior_sessions,  # None: fit_key_prior's default
         },
         "summary": summary,
         "targets": targets(summary),
