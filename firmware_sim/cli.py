@@ -16,6 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = simsub.add_parser("dataset", help="simulate users typing and write emg2qwerty-format sessions + splits")
     p.add_argument("--profile", default="emg2qwerty", help="device profile (emg2qwerty | armband8)")
     p.add_argument("--users", type=int, default=8, help="number of simulated users")
+    p.add_argument(
+        "--first-user",
+        type=int,
+        default=0,
+        help="population id of the first user (default 0); e.g. 3000 for people no model was trained on",
+    )
     p.add_argument("--sessions-per-user", type=int, default=4)
     p.add_argument("--minutes", type=float, default=1.0, help="minutes of typing per session")
     p.add_argument("--seed", type=int, default=0, help="population seed (users, sessions and prompts follow from it)")

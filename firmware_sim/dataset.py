@@ -80,6 +80,7 @@ class DatasetSummary:
     session_details: list[dict[str, Any]]
     paths: list[Path] = field(default_factory=list)  # metadata.csv, split YAMLs, dataset.json
     wall_s: float = 0.0
+    first_user: int = 0  # the population's id of the first user
 
     @property
     def total_minutes(self) -> float:
@@ -101,9 +102,9 @@ def default_test_users(n_users: int) -> int:
     return min(n_users - 1, max(1, round(0.25 * n_users)))
 
 
-def _plan_infos(profile: DeviceProfile, n_users: int, k: int, minutes: float) -> list[SessionInfo]:
+def _plan_infos(profile: DeviceProfile, user_ids: range, k: int, minutes: float) -> list[SessionInfo]:
     """SessionInfo rows as make_splits sees them: only names, users and tags matter to the choice of test users."""
-    pop_names = [(f"sim-user-{u:03d}", u) for u in range(n_users)]
+    pop_names = [(f"sim-user-{u:03d}", u) for u in user_ids]
     return [
         SessionInfo(
             session=f"sim-u{u:03d}-s{s:02d}-{profile.name}",
@@ -212,8 +213,11 @@ def simulate_dataset(
     test_users: int | None = None,
     workers: int = 1,
     progress: bool = True,
+    first_user: int = 0,
 ) -> DatasetSummary:
-    """Simulate ``n_users`` x ``sessions_per_user`` sessions and write a complete dataset folder."""
+    """Simulate ``n_users`` x ``sessions_per_user`` sessions and write a complete dataset folder; the users are
+    the population's ``first_user`` .. ``first_user + n_users - 1`` (another ``first_user``: other people of the
+    same population, e.g. for a key prior fitted on more users than a model was trained on)."""
     prof = get_profile(profile) if isinstance(profile, str) else profile
     if n_users < 1 or sessions_per_user < 1:
         raise ConfigError(f"need at least one user and one session per user, got {n_users} x {sessions_per_user}")
@@ -221,6 +225,9 @@ def simulate_dataset(
         raise ConfigError(f"minutes must be positive, got {minutes}")
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    if first_user < 0:
+        raise ConfigError(f"first user must be >= 0, got {first_user}")
+    user_ids = range(first_user, first_user + n_users)
     n_test = default_test_users(n_users) if test_users is None else test_users
     if not 0 <= n_test < n_users:
         raise ConfigError(f"test users must be in [0, {n_users - 1}] (someone has to train), got {n_test}")
@@ -233,14 +240,14 @@ def simulate_dataset(
 
     # Choose held-out users first (make_splits is deterministic in names, users and seed) so they get held-out prompts.
     plan_generic, plan_personal = make_splits(
-        _plan_infos(prof, n_users, sessions_per_user, minutes), n_test, n_val, n_test_sessions, seed
+        _plan_infos(prof, user_ids, sessions_per_user, minutes), n_test, n_val, n_test_sessions, seed
     )
     heldout = set(plan_personal)
     tasks = [
         SessionTask(
             str(out), prof.to_dict(), u, s, minutes, seed, "heldout" if f"sim-user-{u:03d}" in heldout else "train"
         )
-        for u in range(n_users)
+        for u in user_ids
         for s in range(sessions_per_user)
     ]
     stale = sorted(
@@ -287,6 +294,7 @@ def simulate_dataset(
         test_users=list(personal),
         sessions=infos,
         session_details=session_details,
+        first_user=first_user,
     )
     paths.append(atomic_write_text(out / "dataset.json", json.dumps(_dataset_json(summary, prof), indent=2) + "\n"))
     summary.paths = paths
@@ -306,6 +314,8 @@ def _dataset_json(summary: DatasetSummary, profile: DeviceProfile) -> dict[str, 
         "profile": profile.to_dict(),
         "seed": summary.seed,
         "n_users": summary.n_users,
+        # only when not 0, so that datasets of the first users keep the files (and fingerprints) they always had
+        **({"first_user": summary.first_user} if summary.first_user else {}),
         "sessions_per_user": summary.sessions_per_user,
         "minutes_per_session": summary.minutes,
         "test_users": summary.test_users,
@@ -334,6 +344,7 @@ def run_dataset_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         test_users=args.test_users,
         workers=args.workers,
+        first_user=args.first_user,
     )
     print(
         f"SIMULATED DATA: {len(summary.sessions)} sessions ({summary.total_minutes:.1f} min, {summary.profile}) "

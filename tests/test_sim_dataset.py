@@ -36,6 +36,7 @@ def test_dataset_files_and_metadata(dataset):
     assert meta["simulated"] is True and "SIMULATED DATA" in meta["note"]
     assert meta["seed"] == 5 and meta["profile"]["name"] == "armband8" and meta["n_users"] == 3
     assert {s["session"] for s in meta["sessions"]} == set(names)
+    assert "first_user" not in meta  # datasets of the first users keep the dataset.json they always had
 
 
 def test_session_files_read_back(dataset):
@@ -86,3 +87,24 @@ def test_cli_dataset_and_bad_arguments(tmp_path, capsys):
     with pytest.raises(ConfigError):
         simulate_dataset(tmp_path / "bad", "armband8", n_users=2, sessions_per_user=1, minutes=0.05, seed=0)
     assert simulate_dataset(tmp_path / "one", "armband8", 2, 1, 0.05, 0, test_users=0, progress=False).test_users == []
+
+
+def test_first_user_picks_other_people_of_the_same_population(tmp_path):
+    """``--first-user 3000``: the population's users 3000.., each session the one simulate_session gives for that
+    id (timing; the dataset draws its prompts from the training pool), so that a key prior can come from people
+    no model was trained on and none of the benchmark's users."""
+    out = tmp_path / "later"
+    args = ["sim", "dataset", "--profile", "armband8", "--users", "2", "--sessions-per-user", "1", "--minutes", "0.05"]
+    assert emgkey_main([*args, "--seed", "5", "--test-users", "0", "--first-user", "3000", "--out", str(out)]) == 0
+    names = sorted(p.stem for p in out.glob("*.hdf5"))
+    assert names == ["sim-u3000-s00-armband8", "sim-u3001-s00-armband8"]
+    assert {r.user for r in load_split(out / "splits" / "generic.yaml")["train"]} == {"sim-user-3000", "sim-user-3001"}
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["first_user"] == 3000 and meta["n_users"] == 2
+    with SessionFile(out / "sim-u3001-s00-armband8.hdf5") as f:
+        assert f.user == "sim-user-3001" and f.metadata["sim_user_id"] == 3001
+        timestamps = f.timestamps
+    sim = simulate_session(ARMBAND8, 3001, 0, 0.05, 5)
+    assert np.array_equal(sim.timestamps, timestamps)
+    with pytest.raises(ConfigError, match="first user"):
+        simulate_dataset(tmp_path / "neg", "armband8", 1, 1, 0.05, 0, test_users=0, first_user=-1)
