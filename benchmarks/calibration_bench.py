@@ -137,6 +137,26 @@ def _save_eval(path: Path, sess: Any) -> None:
         np.savez_compressed(f, emg=sess.emg_uv(), target=np.array(target.label_str))
 
 
+def refuse_seen_users(data_root: str | Path, population_seed: int, user_ids: Sequence[int], what: str) -> None:
+    """Stop unless the simulated dataset at ``data_root`` is free of the benchmark's own users (the same population
+    seed and user ids): a key prior (or a model) fitted on them would have seen the people it is evaluated on.
+    A dataset without ``dataset.json`` (real emg2qwerty data) or from another population passes."""
+    meta_path = Path(data_root) / "dataset.json"
+    if not meta_path.is_file():
+        return
+    meta = json.loads(meta_path.read_text())
+    if not meta.get("simulated") or int(meta.get("seed", -1)) != population_seed:
+        return
+    seen = {int(s["user_id"]) for s in meta.get("sessions", []) if "user_id" in s}
+    both = sorted(seen & set(user_ids))
+    if both:
+        raise SystemExit(
+            f"{what} {data_root}: simulated users {both[:5]}{' ...' if len(both) > 5 else ''} of population seed "
+            f"{population_seed} are the benchmark's own users (ids {min(user_ids)}..{max(user_ids)}); "
+            "use data of other users (emgkey sim dataset --first-user) or another --first-user here"
+        )
+
+
 def prepare_users(args: argparse.Namespace, profile_name: str, work: Path) -> list[dict[str, Any]]:
     """Simulate each held-out user's calibration recording and evaluation session (saved under ``work``),
     and the evaluation session of the same user with the average arm (``average_arm_population``)."""
@@ -653,6 +673,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         students = train_small(args, work)
     profile = load_bundle(students[0].bundle).manifest.profile.name
+    bench_users = range(args.first_user, args.first_user + args.users)
+    if args.key_prior:
+        refuse_seen_users(args.key_prior[0], args.population_seed, bench_users, "--key-prior")
     log.info("simulating %d held-out users", args.users)
     users = prepare_users(args, profile, work)
     ctx = multiprocessing.get_context("spawn")

@@ -86,3 +86,18 @@ def test_report_names_the_model_and_machine_when_recorded() -> None:
     md = markdown({"settings": {**base, "students": [student], "environment": env}, "summary": [], "targets": []})
     assert "- tcn (tcn16): model fingerprint 0123456789ab, best validation CER 43.299" in md
     assert "- environment: AMD EPYC (x86_64), Python 3.11.7, numpy 2.4.6, scipy 1" in md
+
+
+def test_a_key_prior_from_the_benchmarks_own_users_is_refused(tmp_path):
+    """``--first-user`` makes it easy to simulate the very users the benchmark evaluates: their data in the key
+    prior would be a leak, so the benchmark stops; other users, another population or real data pass."""
+    from emgkey.benchmarks.calibration_bench import refuse_seen_users
+    from emgkey.firmware_sim.dataset import simulate_dataset
+
+    same = tmp_path / "same"
+    simulate_dataset(same, "armband8", 2, 1, 0.05, 0, test_users=0, progress=False, first_user=1006)
+    with pytest.raises(SystemExit, match=r"1006, 1007.*benchmark's own users \(ids 1000..1007\)"):
+        refuse_seen_users(same, 0, range(1000, 1008), "--key-prior")
+    refuse_seen_users(same, 0, range(2000, 2008), "--key-prior")  # other users
+    refuse_seen_users(same, 1, range(1000, 1008), "--key-prior")  # another population
+    refuse_seen_users(tmp_path / "real", 0, range(1000, 1008), "--key-prior")  # no dataset.json: real data
