@@ -131,10 +131,11 @@ def more_heldout_users(train_meta: dict[str, Any], more_meta: dict[str, Any]) ->
     a, b = _with_version({k: train_meta.get(k) for k in same}), _with_version({k: more_meta.get(k) for k in same})
     if a != b or not a or not a.get("simulated"):
         raise SystemExit(f"--more-heldout: its dataset {b} is not the training dataset's population {a}")
-    n_train = int(train_meta["n_users"])
-    out = [s for s in more_meta["sessions"] if s["user_id"] >= n_train and s.get("prompt_pool") == "heldout"]
+    # the training dataset's user ids (``sim dataset --first-user`` datasets do not start at 0)
+    seen = {int(s["user_id"]) for s in train_meta["sessions"]}
+    out = [s for s in more_meta["sessions"] if s["user_id"] not in seen and s.get("prompt_pool") == "heldout"]
     if not out:
-        raise SystemExit(f"--more-heldout: no held-out users beyond the training dataset's {n_train} users")
+        raise SystemExit(f"--more-heldout: no held-out users beyond the training dataset's {len(seen)} users")
     return out
 
 

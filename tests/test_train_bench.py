@@ -212,10 +212,10 @@ def test_more_held_out_users_are_new_users_of_the_same_population_typing_held_ou
 
     from emgkey.benchmarks.train_bench import more_heldout_users
 
-    def meta(n_users, seed=0, version=3):
+    def meta(n_users, seed=0, version=3, first=0):
         sessions = [
             {"user": f"sim-user-{u:03d}", "session": f"s{u}-{k}", "user_id": u, "prompt_pool": pool}
-            for u in range(n_users)
+            for u in range(first, first + n_users)
             for k, pool in enumerate(("heldout" if u % 4 else "train", "heldout" if u % 4 else "train"))
         ]
         common = {"simulated": True, "simulator_version": version, "seed": seed}
@@ -230,3 +230,6 @@ def test_more_held_out_users_are_new_users_of_the_same_population_typing_held_ou
         more_heldout_users(meta(4), meta(10, version=2))
     with pytest.raises(SystemExit, match="no held-out users"):
         more_heldout_users(meta(4), meta(4))
+    # a training dataset of later users (sim dataset --first-user 6): its users 6..9 are not "more" users
+    got = more_heldout_users(meta(4, first=6), meta(10))
+    assert sorted({s["user_id"] for s in got}) == [1, 2, 3, 5] and len(got) == 8
