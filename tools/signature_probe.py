@@ -47,10 +47,23 @@ def _parse(sets: list[str]) -> UserVariability:
     return v
 
 
-def _one(args: tuple[str, int, int, float, int, list[str]]) -> Any:
-    profile, u, s, minutes, seed, sets = args
+def _one(args: tuple[str, int, int, float, int, list[str], int]) -> Any:
+    profile, u, s, minutes, seed, sets, align = args
     pop = Population(seed, variability=_parse(sets))
-    return keystroke_features(simulate_session(get_profile(profile), u, s, minutes, seed, population=pop))
+    prof = get_profile(profile)
+    kf = keystroke_features(simulate_session(prof, u, s, minutes, seed, population=pop))
+    if align:  # oracle: undo the band's rotation to the nearest electrode (the residual stays), per arm
+        user = pop.user(u)
+        worn = user.band_rotation_deg + user.session(s).donning_rotation_deg  # (2,) degrees
+        rolls = align * np.round(worn / (360.0 / prof.channels_per_band)).astype(int)  # (2,)
+
+        def roll(x: Any) -> Any:
+            y = x.reshape(*x.shape[:-1], prof.n_bands, prof.channels_per_band)
+            y = np.stack([np.roll(y[..., b, :], int(rolls[b]), axis=-1) for b in range(prof.n_bands)], axis=-2)
+            return y.reshape(x.shape)
+
+        kf = replace(kf, features=roll(kf.features), pattern=roll(kf.pattern))
+    return kf
 
 
 def calibration_proxy(feats: list[Any], n_own: int, tau: float = 5.0) -> float:
@@ -90,8 +103,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="UserVariability field=value")
+    ap.add_argument(
+        "--align-bands",
+        type=int,
+        choices=(-1, 0, 1),
+        default=0,
+        help="oracle: roll each band back by its simulated rotation, to the nearest electrode (1; -1 the other way)",
+    )
     a = ap.parse_args()
-    jobs = [(a.profile, u, s, a.minutes, a.seed, a.set) for u in range(a.users) for s in range(a.sessions)]
+    jobs = [
+        (a.profile, u, s, a.minutes, a.seed, a.set, a.align_bands) for u in range(a.users) for s in range(a.sessions)
+    ]
     with ProcessPoolExecutor(a.workers) as ex:
         feats = list(ex.map(_one, jobs))
     r = key_id_proxy(feats)
@@ -102,6 +124,7 @@ def main() -> None:
             {
                 "profile": a.profile,
                 "set": a.set,
+                "align_bands": a.align_bands,
                 "mean": r["mean"],
                 "calibrated_first_n": cal,
                 "confusions": {k: v for k, v in conf.items() if k != "top"},
