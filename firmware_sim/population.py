@@ -219,6 +219,14 @@ class UserParams:
     def session(self, session_idx: int) -> SessionParams:
         return SessionParams.draw(self, session_idx)
 
+    def electrode_rolls(self, session_idx: int, channels_per_band: int) -> npt.NDArray[np.int64]:
+        """Per-arm electrode shifts (2,) that undo this user's band rotation in one session (user + donning) to the
+        nearest electrode, for ``edge_runtime.recognizer.roll_channels``: an oracle for probes (what a decoder
+        that knew the rotation would see), never available to a real device. The residual is under half a spacing.
+        """
+        worn = self.band_rotation_deg + self.session(session_idx).donning_rotation_deg  # (2,) degrees
+        return np.round(worn / (360.0 / channels_per_band)).astype(np.int64)
+
 
 @dataclass(frozen=True, eq=False)
 class SessionParams:

@@ -232,3 +232,27 @@ def test_key_signature_is_the_users_own_and_the_same_in_every_session():
     d_on = np.abs(a.weights_for_key("r") - a.weights_for_key("f"))[REACH].sum()
     d_off = np.abs(a0.weights_for_key("r") - a0.weights_for_key("f"))[REACH].sum()
     assert d_on > d_off
+
+
+@pytest.mark.parametrize("profile_name", ["armband8", "emg2qwerty"])
+def test_electrode_rolls_undo_the_worn_rotation_to_within_half_a_spacing(profile_name):
+    """The oracle roll (probes only): rolled with ``roll_channels``, each electrode sits where the unrotated band's
+    electrode of the same index would, give or take half a spacing, for every user and both arms (the worn angle
+    is the front end's: electrode angle + user rotation + donning rotation)."""
+    from emgkey.edge_runtime.recognizer import roll_channels
+    from emgkey.firmware_sim.physiology import wrap_deg
+    from emgkey.profiles import get_profile
+
+    prof = get_profile(profile_name)
+    band = np.asarray(prof.electrode_angles_deg, dtype=np.float64)  # (C,)
+    spacing = 360.0 / prof.channels_per_band
+    pop = Population(0)
+    moved = 0
+    for uid in range(40):
+        user = pop.user(uid)
+        worn = band[None, :] + (user.band_rotation_deg + user.session(1).donning_rotation_deg)[:, None]  # (2, C)
+        rolls = user.electrode_rolls(1, prof.channels_per_band)
+        rolled = roll_channels(worn[None], rolls)[0]  # (2, C)
+        assert np.all(np.abs(wrap_deg(rolled - band[None, :])) <= spacing / 2 + 1e-9), (uid, rolls)
+        moved += int(np.any(rolls != 0))
+    assert moved > 10  # the population's rotations span more than one spacing

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from emgkey.edge_runtime.recognizer import roll_channels
 from emgkey.firmware_sim.population import Population, UserVariability
 from emgkey.firmware_sim.report import (
     LDA_SHRINKAGE,
@@ -53,14 +54,11 @@ def _one(args: tuple[str, int, int, float, int, list[str], int]) -> Any:
     prof = get_profile(profile)
     kf = keystroke_features(simulate_session(prof, u, s, minutes, seed, population=pop))
     if align:  # oracle: undo the band's rotation to the nearest electrode (the residual stays), per arm
-        user = pop.user(u)
-        worn = user.band_rotation_deg + user.session(s).donning_rotation_deg  # (2,) degrees
-        rolls = align * np.round(worn / (360.0 / prof.channels_per_band)).astype(int)  # (2,)
+        rolls = align * pop.user(u).electrode_rolls(s, prof.channels_per_band)  # (2,)
 
-        def roll(x: Any) -> Any:
-            y = x.reshape(*x.shape[:-1], prof.n_bands, prof.channels_per_band)
-            y = np.stack([np.roll(y[..., b, :], int(rolls[b]), axis=-1) for b in range(prof.n_bands)], axis=-2)
-            return y.reshape(x.shape)
+        def roll(x: Any) -> Any:  # (..., n_bands * C) -> the same, each band's electrodes rolled
+            y = x.reshape(-1, prof.n_bands, prof.channels_per_band)
+            return roll_channels(y, rolls).reshape(x.shape)
 
         kf = replace(kf, features=roll(kf.features), pattern=roll(kf.pattern))
     return kf
